@@ -1,0 +1,353 @@
+"""CenterFocus model configuration."""
+
+from typing import Literal, Optional
+
+from transformers import PretrainedConfig
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# Allowed values of every component switch, defined once. The modeling file maps the same strings to classes.
+CENTER_WEIGHTING_TYPES = ("gaussian", "none")
+CHANNEL_PRUNING_TYPES = ("topk", "none")
+EDGE_COMPENSATION_TYPES = ("conv", "none")
+EDGE_PRECISIONS = ("float32", "float16", "bfloat16")
+CHANNEL_ATTENTION_TYPES = ("se", "none")
+IMAGE_TOKENIZER_TYPES = ("grid_pool", "foveated")
+POSITION_EMBEDDING_TYPES = ("learned_2d", "sincos_2d", "none")
+MODALITY_EMBEDDING_TYPES = ("learned", "none")
+MODALITY_GATE_TYPES = ("dynamic", "none")
+ENCODER_ATTENTION_TYPES = ("full", "center_local")
+CROSS_MODAL_ATTENTION_TYPES = ("full", "cls_only")
+
+_SWITCHES = {
+    "center_weighting_type": CENTER_WEIGHTING_TYPES,
+    "channel_pruning_type": CHANNEL_PRUNING_TYPES,
+    "edge_compensation_type": EDGE_COMPENSATION_TYPES,
+    "edge_precision": EDGE_PRECISIONS,
+    "channel_attention_type": CHANNEL_ATTENTION_TYPES,
+    "image_tokenizer_type": IMAGE_TOKENIZER_TYPES,
+    "position_embedding_type": POSITION_EMBEDDING_TYPES,
+    "modality_embedding_type": MODALITY_EMBEDDING_TYPES,
+    "modality_gate_type": MODALITY_GATE_TYPES,
+    "encoder_attention_type": ENCODER_ATTENTION_TYPES,
+    "cross_modal_attention_type": CROSS_MODAL_ATTENTION_TYPES,
+}
+
+_BASE_CONFIG_KEYS: Optional[frozenset] = None
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _base_config_keys() -> frozenset:
+    """Keys that `PretrainedConfig` itself understands (used to warn about typos in our own kwargs)."""
+    global _BASE_CONFIG_KEYS
+    if _BASE_CONFIG_KEYS is None:
+        keys = set(PretrainedConfig().to_dict())
+        keys |= {"auto_map", "architectures", "transformers_version", "model_type", "_name_or_path", "dtype",
+                 "torch_dtype", "attn_implementation", "_attn_implementation", "_commit_hash", "name_or_path",
+                 "label2id", "id2label", "num_labels", "use_cache", "_attn_implementation_autoset"}
+        _BASE_CONFIG_KEYS = frozenset(keys)
+    return _BASE_CONFIG_KEYS
+
+
+class CenterFocusConfig(PretrainedConfig):
+    r"""
+    Configuration of a CenterFocus image-to-text model ([`CenterFocusForConditionalGeneration`]). The defaults build
+    the design's model: a two-stage centre-weighted CNN stem (64 channels at 112x112 with sigma 0.2, 128 channels at
+    56x56 with sigma 0.3), pooled to 14x14 = 196 image tokens of width 768, a 6-layer encoder over
+    `[image tokens ; prompt tokens]` and a 6-layer autoregressive decoder with cross-attention.
+
+    Every component is a validated switch; `"none"` turns it off. Invalid values raise `ValueError` naming the field.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 30522): Size of the text vocabulary (shared by prompt and caption).
+        hidden_size (`int`, *optional*, defaults to 768): Width `D` of image tokens, encoder and decoder.
+        num_attention_heads (`int`, *optional*, defaults to 12): Heads in every attention layer.
+        encoder_layers (`int`, *optional*, defaults to 6): Transformer layers of the multimodal encoder.
+        decoder_layers (`int`, *optional*, defaults to 6): Transformer layers of the caption decoder.
+        intermediate_size (`int`, *optional*, defaults to 3072): Hidden width of the feed-forward blocks.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`): Activation of the feed-forward blocks.
+        max_position_embeddings (`int`, *optional*, defaults to 512): Longest prompt and longest caption.
+        dropout (`float`, *optional*, defaults to 0.0): Dropout on residual branches. Off by default: on CPU the
+            random masks cost ~30% of a training step.
+        attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5): Epsilon of every layer norm.
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation.
+        image_size (`int`, *optional*, defaults to 224): Height and width of `pixel_values`.
+        num_channels (`int`, *optional*, defaults to 3): Channels of `pixel_values`.
+        stem_channels (`tuple[int]`, *optional*, defaults to `(64, 128)`): Output channels of each CNN stem stage.
+        stem_kernel_sizes (`tuple[int]`, *optional*, defaults to `(7, 3)`): Kernel size of each stem stage.
+        stem_strides (`tuple[int]`, *optional*, defaults to `(2, 2)`): Stride of each stem stage.
+        center_weighting_type (`str`, *optional*, defaults to `"gaussian"`): `"gaussian"` re-weights every stem
+            stage with a centre-high mask `floor + (1 - floor) * exp(-r^2 / (2 sigma^2))`; `"none"` disables it.
+        center_sigmas (`tuple[float]`, *optional*, defaults to `(0.2, 0.3)`): Initial sigma of each stage, in
+            normalised coordinates where the image spans [-1, 1]. Shallow stages focus hard, deep ones widen.
+        center_sigma_learnable (`bool`, *optional*, defaults to `True`): Train the sigmas through the loss.
+        center_weighting_floor (`float`, *optional*, defaults to 0.1): Smallest weight of the mask, in [0, 1).
+            Keeps the periphery re-weighted rather than erased.
+        center_region_size (`float`, *optional*, defaults to 0.5): Side of the square centre region as a fraction
+            of the image side. Used by channel pruning, edge compensation, local attention and the centre loss.
+        channel_pruning_type (`str`, *optional*, defaults to `"topk"`): `"topk"` gates the last stem stage's
+            channels SE-style and, outside the centre region, keeps only the top `channel_pruning_keep_ratio`
+            fraction (straight-through gradients, deterministic); `"none"` disables it.
+        channel_pruning_keep_ratio (`float`, *optional*, defaults to 0.5): Fraction of channels kept in the periphery.
+        channel_pruning_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the channel gate.
+        edge_compensation_type (`str`, *optional*, defaults to `"none"`): `"conv"` adds a light depthwise-separable
+            conv branch on the periphery of the last stem stage (design item 10); `"none"` disables it.
+        edge_precision (`str`, *optional*, defaults to `"float32"`): Dtype the edge-compensation branch computes in;
+            `"float16"`/`"bfloat16"` run the periphery in half precision while centre and text stay in float32.
+        channel_attention_type (`str`, *optional*, defaults to `"se"`): `"se"` applies squeeze-excitation channel
+            attention to the pooled feature map before projection; `"none"` disables it.
+        channel_attention_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the SE block.
+        image_tokenizer_type (`str`, *optional*, defaults to `"grid_pool"`): `"grid_pool"` pools the last stage to a
+            `image_tokenizer_grid_size` square grid, one token per cell (196 tokens by default); `"foveated"` keeps
+            the central `foveated_center_size` square at full resolution and average-pools the periphery by
+            `foveated_periphery_pool` (76 tokens with the defaults).
+        image_tokenizer_grid_size (`int`, *optional*, defaults to 14): Side of the pooled token grid.
+        foveated_center_size (`int`, *optional*, defaults to 6): Side of the full-resolution fovea, in grid cells.
+        foveated_periphery_pool (`int`, *optional*, defaults to 2): Pooling factor of the peripheral tokens.
+        position_embedding_type (`str`, *optional*, defaults to `"learned_2d"`): 2-D position embedding of image
+            tokens: `"learned_2d"`, fixed `"sincos_2d"`, or `"none"`.
+        modality_embedding_type (`str`, *optional*, defaults to `"learned"`): `[IMG]`/`[TXT]` type embeddings added
+            to the encoder input; `"none"` disables them.
+        modality_gate_type (`str`, *optional*, defaults to `"dynamic"`): `"dynamic"` scales every encoder output
+            token by a learned gate in (0, 2) that balances image and text contributions; `"none"` disables it.
+        encoder_attention_type (`str`, *optional*, defaults to `"full"`): `"center_local"` lets centre image tokens
+            attend globally while peripheral image tokens attend only to image tokens within
+            `local_attention_window` grid cells; `"full"` is dense attention.
+        local_attention_window (`int`, *optional*, defaults to 2): Chebyshev radius of the local window, in cells.
+        cross_modal_attention_type (`str`, *optional*, defaults to `"full"`): `"cls_only"` lets image tokens see the
+            prompt only through its first token; `"full"` is dense.
+        contrastive_loss_weight (`float`, *optional*, defaults to 0.0): Weight of a CLIP-style image-caption
+            alignment loss added to the caption loss. 0 disables it (and builds no projection heads).
+        contrastive_dim (`int`, *optional*, defaults to 256): Width of the contrastive projections.
+        contrastive_temperature (`float`, *optional*, defaults to 0.07): Initial softmax temperature (learned).
+        center_loss_weight (`float`, *optional*, defaults to 0.0): Weight of the centre-quality loss: the pooled
+            centre image tokens must predict the caption's words. 0 disables it.
+        pad_token_id (`int`, *optional*, defaults to 0), bos_token_id (`int`, *optional*, defaults to 1),
+        eos_token_id (`int`, *optional*, defaults to 2), decoder_start_token_id (`int`, *optional*, defaults to 1):
+            Special token ids of the tokenizer the model is trained with.
+
+    Example:
+
+    ```python
+    >>> from centerfocus import CenterFocusConfig
+    >>> config = CenterFocusConfig()
+    >>> config.num_image_tokens
+    196
+    >>> CenterFocusConfig(image_tokenizer_type="foveated").num_image_tokens
+    76
+    ```
+    """
+
+    model_type = "centerfocus"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_attention_heads: int = 12,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        max_position_embeddings: int = 512,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        image_size: int = 224,
+        num_channels: int = 3,
+        stem_channels: tuple = (64, 128),
+        stem_kernel_sizes: tuple = (7, 3),
+        stem_strides: tuple = (2, 2),
+        center_weighting_type: Literal["gaussian", "none"] = "gaussian",
+        center_sigmas: tuple = (0.2, 0.3),
+        center_sigma_learnable: bool = True,
+        center_weighting_floor: float = 0.1,
+        center_region_size: float = 0.5,
+        channel_pruning_type: Literal["topk", "none"] = "topk",
+        channel_pruning_keep_ratio: float = 0.5,
+        channel_pruning_reduction: int = 4,
+        edge_compensation_type: Literal["conv", "none"] = "none",
+        edge_precision: Literal["float32", "float16", "bfloat16"] = "float32",
+        channel_attention_type: Literal["se", "none"] = "se",
+        channel_attention_reduction: int = 4,
+        image_tokenizer_type: Literal["grid_pool", "foveated"] = "grid_pool",
+        image_tokenizer_grid_size: int = 14,
+        foveated_center_size: int = 6,
+        foveated_periphery_pool: int = 2,
+        position_embedding_type: Literal["learned_2d", "sincos_2d", "none"] = "learned_2d",
+        modality_embedding_type: Literal["learned", "none"] = "learned",
+        modality_gate_type: Literal["dynamic", "none"] = "dynamic",
+        encoder_attention_type: Literal["full", "center_local"] = "full",
+        local_attention_window: int = 2,
+        cross_modal_attention_type: Literal["full", "cls_only"] = "full",
+        contrastive_loss_weight: float = 0.0,
+        contrastive_dim: int = 256,
+        contrastive_temperature: float = 0.07,
+        center_loss_weight: float = 0.0,
+        use_cache: bool = True,
+        pad_token_id: Optional[int] = 0,
+        bos_token_id: Optional[int] = 1,
+        eos_token_id: Optional[int] = 2,
+        decoder_start_token_id: Optional[int] = 1,
+        is_encoder_decoder: bool = True,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.stem_channels = tuple(stem_channels)
+        self.stem_kernel_sizes = tuple(stem_kernel_sizes)
+        self.stem_strides = tuple(stem_strides)
+        self.center_weighting_type = center_weighting_type
+        self.center_sigmas = tuple(float(s) for s in center_sigmas)
+        self.center_sigma_learnable = center_sigma_learnable
+        self.center_weighting_floor = center_weighting_floor
+        self.center_region_size = center_region_size
+        self.channel_pruning_type = channel_pruning_type
+        self.channel_pruning_keep_ratio = channel_pruning_keep_ratio
+        self.channel_pruning_reduction = channel_pruning_reduction
+        self.edge_compensation_type = edge_compensation_type
+        self.edge_precision = edge_precision
+        self.channel_attention_type = channel_attention_type
+        self.channel_attention_reduction = channel_attention_reduction
+        self.image_tokenizer_type = image_tokenizer_type
+        self.image_tokenizer_grid_size = image_tokenizer_grid_size
+        self.foveated_center_size = foveated_center_size
+        self.foveated_periphery_pool = foveated_periphery_pool
+        self.position_embedding_type = position_embedding_type
+        self.modality_embedding_type = modality_embedding_type
+        self.modality_gate_type = modality_gate_type
+        self.encoder_attention_type = encoder_attention_type
+        self.local_attention_window = local_attention_window
+        self.cross_modal_attention_type = cross_modal_attention_type
+        self.contrastive_loss_weight = contrastive_loss_weight
+        self.contrastive_dim = contrastive_dim
+        self.contrastive_temperature = contrastive_temperature
+        self.center_loss_weight = center_loss_weight
+        self.use_cache = use_cache
+
+        unknown = sorted(set(kwargs) - _base_config_keys())
+        if unknown:
+            logger.warning(f"CenterFocusConfig got unknown arguments {unknown}; they are stored but not used.")
+
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=decoder_start_token_id,
+            is_encoder_decoder=is_encoder_decoder,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self._validate()
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Number of image tokens `N` the image tokenizer produces."""
+        grid = self.image_tokenizer_grid_size
+        if self.image_tokenizer_type == "grid_pool":
+            return grid * grid
+        coarse = grid // self.foveated_periphery_pool
+        coarse_center = self.foveated_center_size // self.foveated_periphery_pool
+        return self.foveated_center_size**2 + coarse**2 - coarse_center**2
+
+    def _validate(self) -> None:
+        """Raise `ValueError` naming the field for any invalid value. Called again by the model."""
+        for name, choices in _SWITCHES.items():
+            _check_choice(name, getattr(self, name), choices)
+        for name in ("vocab_size", "hidden_size", "num_attention_heads", "decoder_layers", "intermediate_size",
+                     "max_position_embeddings", "image_size", "num_channels", "channel_pruning_reduction",
+                     "channel_attention_reduction", "image_tokenizer_grid_size", "foveated_center_size",
+                     "foveated_periphery_pool", "contrastive_dim"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                   f"`{name}` must be a positive integer, got {value!r}.")
+        _check(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0,
+               f"`encoder_layers` must be a non-negative integer, got {self.encoder_layers!r}.")
+        _check(isinstance(self.local_attention_window, int) and self.local_attention_window >= 0,
+               f"`local_attention_window` must be a non-negative integer, got {self.local_attention_window!r}.")
+        _check(self.hidden_size % self.num_attention_heads == 0,
+               f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+               f"({self.num_attention_heads}).")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"`{name}` must be in [0, 1), got {value!r}.")
+        self._validate_stem()
+        self._validate_image_tokenizer()
+        for name in ("contrastive_loss_weight", "center_loss_weight"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
+        _check(self.contrastive_temperature > 0,
+               f"`contrastive_temperature` must be > 0, got {self.contrastive_temperature!r}.")
+        for name in ("pad_token_id", "decoder_start_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and 0 <= value < self.vocab_size,
+                   f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}.")
+
+    def _validate_stem(self) -> None:
+        n_stages = len(self.stem_channels)
+        _check(n_stages >= 1, "`stem_channels` must name at least one stage.")
+        for name in ("stem_kernel_sizes", "stem_strides", "center_sigmas"):
+            _check(len(getattr(self, name)) == n_stages,
+                   f"`{name}` must have one entry per stem stage ({n_stages}), got {getattr(self, name)!r}.")
+        for name in ("stem_channels", "stem_kernel_sizes", "stem_strides"):
+            _check(all(isinstance(v, int) and v > 0 for v in getattr(self, name)),
+                   f"`{name}` must hold positive integers, got {getattr(self, name)!r}.")
+        _check(all(s > 0 for s in self.center_sigmas), f"`center_sigmas` must be > 0, got {self.center_sigmas!r}.")
+        _check(0.0 <= self.center_weighting_floor < 1.0,
+               f"`center_weighting_floor` must be in [0, 1), got {self.center_weighting_floor!r}.")
+        _check(0.0 < self.center_region_size <= 1.0,
+               f"`center_region_size` must be in (0, 1], got {self.center_region_size!r}.")
+        _check(0.0 < self.channel_pruning_keep_ratio <= 1.0,
+               f"`channel_pruning_keep_ratio` must be in (0, 1], got {self.channel_pruning_keep_ratio!r}.")
+        stride = 1
+        for s in self.stem_strides:
+            stride *= s
+        _check(self.image_size % stride == 0,
+               f"`image_size` ({self.image_size}) must be divisible by the stem's total stride ({stride}).")
+        _check(self.image_tokenizer_grid_size <= self.image_size // stride,
+               f"`image_tokenizer_grid_size` ({self.image_tokenizer_grid_size}) must not exceed the stem's output "
+               f"grid ({self.image_size // stride}).")
+        _check(self.edge_precision == "float32" or self.edge_compensation_type != "none",
+               f"`edge_precision`={self.edge_precision!r} needs `edge_compensation_type='conv'` (it sets the dtype "
+               "of that branch).")
+
+    def _validate_image_tokenizer(self) -> None:
+        if self.image_tokenizer_type != "foveated":
+            return
+        grid, center, pool = self.image_tokenizer_grid_size, self.foveated_center_size, self.foveated_periphery_pool
+        _check(center < grid, f"`foveated_center_size` ({center}) must be smaller than the grid ({grid}).")
+        _check(grid % pool == 0,
+               f"`image_tokenizer_grid_size` ({grid}) must be divisible by `foveated_periphery_pool` ({pool}).")
+        _check((grid - center) % (2 * pool) == 0,
+               f"the fovea must align with the pooled grid: (image_tokenizer_grid_size - foveated_center_size) = "
+               f"{grid - center} must be divisible by 2 * foveated_periphery_pool = {2 * pool}.")
+
+
+__all__ = ["CenterFocusConfig"]

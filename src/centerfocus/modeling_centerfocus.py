@@ -1,0 +1,1165 @@
+"""CenterFocus: a centre-weighted CNN image tokenizer feeding a multimodal encoder-decoder captioner.
+
+Design: `DESIGN.md` of the CenterFocus project (a restatement of the original design card). Borrowed ideas:
+squeeze-excitation channel attention (Hu et al., 2018), foveated token pooling, BART's encoder-decoder cache layout
+(transformers `modeling_bart.py`), MAE's 2-D sin-cos position embedding (He et al., 2021), CLIP's contrastive loss.
+
+Shape legend used in comments and docstrings:
+    B batch, C image channels, H, W input height and width, h, w feature-grid height and width, G token-grid side,
+    N image tokens, L prompt length, S encoder sequence length (N + L), T caption (target) length, D hidden size,
+    nh attention heads, hd head size, V vocabulary.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    Cache,
+    DynamicCache,
+    EncoderDecoderCache,
+    GenerationMixin,
+    GradientCheckpointingLayer,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils import logging
+
+from .configuration_centerfocus import CenterFocusConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output types
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CenterFocusEncoderOutput(BaseModelOutput):
+    """
+    Encoder output plus the mask over `[image tokens ; prompt tokens]`.
+
+    Args:
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_image_tokens + prompt_length)`):
+            1 for encoder positions the decoder may attend to. `generate()` expands it with the encoder outputs.
+    """
+
+    attention_mask: Optional[torch.LongTensor] = None
+
+
+@dataclass
+class CenterFocusSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """
+    [`~transformers.modeling_outputs.Seq2SeqLMOutput`] plus the parts of the loss.
+
+    Args:
+        lm_loss (`torch.FloatTensor` of shape `()`): Caption cross-entropy (positions labelled -100 ignored).
+        contrastive_loss (`torch.FloatTensor` of shape `()`): Image-caption alignment loss, when enabled.
+        center_loss (`torch.FloatTensor` of shape `()`): Centre-quality loss, when enabled.
+    """
+
+    lm_loss: Optional[torch.FloatTensor] = None
+    contrastive_loss: Optional[torch.FloatTensor] = None
+    center_loss: Optional[torch.FloatTensor] = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers: coordinates and masks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def grid_coordinates(height: int, width: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell-centre coordinates of an `(h, w)` grid in normalised units, the image spanning [-1, 1].
+
+    Returns:
+        `(v, u)`, each of shape `(h, w)`: vertical and horizontal coordinate of every cell centre.
+    """
+    v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    return torch.meshgrid(v, u, indexing="ij")
+
+
+def center_region_mask(height: int, width: int, region_size: float, device=None) -> torch.Tensor:
+    """Boolean `(h, w)` mask of the centre square whose side is `region_size` of the image side."""
+    v, u = grid_coordinates(height, width, device)
+    return (v.abs() <= region_size) & (u.abs() <= region_size)
+
+
+def all_text_columns(text_length: int, device=None) -> torch.Tensor:
+    """`(L,)` bool: image queries may see every prompt token."""
+    return torch.ones(text_length, dtype=torch.bool, device=device)
+
+
+def first_text_column(text_length: int, device=None) -> torch.Tensor:
+    """`(L,)` bool: image queries see the prompt only through its first (CLS-like) token (design item 9)."""
+    return torch.arange(text_length, device=device) == 0
+
+
+def encoder_structure_mask(
+    image_mask: torch.Tensor, image_text_rows: torch.Tensor, text_length: int, text_columns_fn=all_text_columns
+) -> torch.Tensor:
+    """Which encoder position may attend to which, before padding.
+
+    Args:
+        image_mask: `(N, N)` bool, image query -> image key (all True for dense attention).
+        image_text_rows: `(N,)` bool, image queries that may see prompt tokens at all.
+        text_length: prompt length `L` (0 for image-only input).
+        text_columns_fn: `(L, device) -> (L,)` bool, the prompt keys image queries may see.
+
+    Returns:
+        `(S, S)` bool, True where query (row) may attend to key (column). Prompt queries see everything.
+    """
+    if text_length == 0:
+        return image_mask
+    device = image_mask.device
+    text_columns = text_columns_fn(text_length, device)
+    image_rows = torch.cat([image_mask, image_text_rows[:, None] & text_columns[None, :]], dim=1)  # (N, S)
+    text_rows = torch.ones(text_length, image_rows.shape[1], dtype=torch.bool, device=device)  # (L, S)
+    return torch.cat([image_rows, text_rows], dim=0)  # (S, S)
+
+
+def full_image_attention(coordinates: torch.Tensor, is_center: torch.Tensor, window: int) -> torch.Tensor:
+    """`(N, N)` bool, dense image-to-image attention."""
+    return torch.ones(len(is_center), len(is_center), dtype=torch.bool)
+
+
+def center_local_image_attention(coordinates: torch.Tensor, is_center: torch.Tensor, window: int) -> torch.Tensor:
+    """`(N, N)` bool (design item 7): centre tokens attend to every image token, peripheral tokens only to tokens
+    within Chebyshev distance `window` (coordinates `(N, 2)` in grid cells)."""
+    distance = (coordinates[:, None, :] - coordinates[None, :, :]).abs().amax(dim=-1)  # (N, N)
+    return is_center[:, None] | (distance <= window + 1e-6)
+
+
+def combine_masks(structure: Optional[torch.Tensor], key_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Combine a `(Sq, Sk)` structure mask and a `(B, Sk)` key-padding mask into a `(B or 1, 1, Sq, Sk)` bool mask."""
+    mask = None if structure is None else structure[None, None]
+    if key_padding is not None:
+        padding = key_padding.bool()[:, None, None, :]
+        mask = padding if mask is None else mask & padding
+    return mask
+
+
+def causal_mask(query_length: int, past_length: int, device=None) -> torch.Tensor:
+    """`(T, past + T)` bool mask: query i (at absolute position past + i) sees keys 0 .. past + i."""
+    keys = torch.arange(past_length + query_length, device=device)
+    queries = torch.arange(query_length, device=device) + past_length
+    return keys[None, :] <= queries[:, None]
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: prepend the start token, drop the last label, replace -100 by pad."""
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def sincos_2d_table(grid_size: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table of shape `(G * G, D)` (MAE). `D` must be divisible by 4."""
+    if dim % 4 != 0:
+        raise ValueError(f"`position_embedding_type='sincos_2d'` needs `hidden_size` divisible by 4, got {dim}.")
+    v, u = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64), torch.arange(grid_size, dtype=torch.float64),
+                          indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    parts = []
+    for coordinate in (v, u):
+        angles = coordinate.reshape(-1, 1) * omega[None, :]  # (G*G, D/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()  # (G*G, D)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CenterFocusMLP(nn.Module):
+    """Feed-forward block `fc2(act(fc1(x)))`."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class CenterFocusAttention(nn.Module):
+    """Multi-head attention for encoder self-attention, decoder self-attention (cached) and cross-attention (cached
+    once per generate). Uses `scaled_dot_product_attention`, or an explicit softmax when weights are requested or the
+    config asks for `"eager"`."""
+
+    def __init__(self, config: CenterFocusConfig, is_cross_attention: bool = False, layer_idx: Optional[int] = None):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, len, hd)
+
+    def _key_values(self, states: torch.Tensor, past_key_values: Optional[Cache]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project keys and values, reading or filling the cache. Cross-attention projects the encoder once."""
+        if past_key_values is None:
+            return self._split_heads(self.k_proj(states)), self._split_heads(self.v_proj(states))
+        if not self.is_cross_attention:
+            cache = past_key_values.self_attention_cache
+            return cache.update(self._split_heads(self.k_proj(states)), self._split_heads(self.v_proj(states)),
+                                self.layer_idx)
+        if past_key_values.is_updated.get(self.layer_idx):
+            layer = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        keys, values = past_key_values.cross_attention_cache.update(
+            self._split_heads(self.k_proj(states)), self._split_heads(self.v_proj(states)), self.layer_idx)
+        past_key_values.is_updated[self.layer_idx] = True
+        return keys, values
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            hidden_states: `(B, Tq, D)` queries.
+            key_value_states: `(B, S, D)` encoder states for cross-attention, else None.
+            attention_mask: bool, broadcastable to `(B, nh, Tq, Tk)`, True = attend.
+            past_key_values: decoder cache, or None.
+
+        Returns:
+            `(B, Tq, D)` output and, when requested, `(B, nh, Tq, Tk)` attention weights.
+        """
+        batch, query_length, _ = hidden_states.shape
+        query = self._split_heads(self.q_proj(hidden_states))  # (B, nh, Tq, hd)
+        source = key_value_states if self.is_cross_attention else hidden_states
+        key, value = self._key_values(source, past_key_values)  # (B, nh, Tk, hd)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling  # (B, nh, Tq, Tk)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
+            output = torch.matmul(weights, value)
+        else:
+            output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                                    scale=self.scaling)
+        output = output.transpose(1, 2).reshape(batch, query_length, -1)  # (B, Tq, D)
+        return self.out_proj(output), (weights if output_attentions else None)
+
+
+def _residual_dropout(config: CenterFocusConfig) -> nn.Module:
+    """Dropout on residual branches; an `Identity` when off, so no random masks are drawn."""
+    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision front end
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CenterFocusCenterWeighting(nn.Module):
+    """Gaussian spatial attention (design item 1): multiplies a feature map by
+    `floor + (1 - floor) * exp(-(u^2 + v^2) / (2 sigma^2))`, where `(u, v)` are cell centres in [-1, 1]. The floor
+    re-weights the periphery instead of erasing it: a plain Gaussian at sigma 0.2 multiplies the corners by ~1e-11.
+    The standard deviation is stored as a log so it stays positive while it is learned."""
+
+    def __init__(self, sigma: float, floor: float, learnable: bool):
+        super().__init__()
+        self.floor = floor
+        self.initial_sigma = sigma
+        log_sigma = torch.tensor(math.log(sigma))
+        if learnable:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.exp()
+
+    def mask(self, height: int, width: int, device=None) -> torch.Tensor:
+        """The `(h, w)` weighting in float32."""
+        v, u = grid_coordinates(height, width, device)
+        gaussian = torch.exp(-(u**2 + v**2) / (2 * self.sigma.float() ** 2))
+        return self.floor + (1 - self.floor) * gaussian
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(B, c, h, w)` -> `(B, c, h, w)`."""
+        return features * self.mask(features.shape[-2], features.shape[-1], features.device).to(features.dtype)
+
+
+class CenterFocusChannelPruning(nn.Module):
+    """Dynamic channel pruning of the periphery (design item 3). An SE-style gate scores the channels of each image;
+    every position is scaled by the gate, and positions outside the centre region keep only the top
+    `keep_ratio` fraction of channels. The top-k choice is hard in training and inference (deterministic);
+    gradients reach the gate through a straight-through estimator."""
+
+    def __init__(self, channels: int, keep_ratio: float, reduction: int, center_region_size: float):
+        super().__init__()
+        self.num_kept = max(1, round(keep_ratio * channels))
+        self.center_region_size = center_region_size
+        self.fc1 = nn.Linear(channels, max(1, channels // reduction))
+        self.fc2 = nn.Linear(max(1, channels // reduction), channels)
+
+    def channel_mask(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-position channel multiplier of shape `(B, c, h, w)`: gate in the centre, gate times a top-k 0/1
+        choice in the periphery."""
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))  # (B, c)
+        chosen = gate.topk(self.num_kept, dim=1).indices
+        hard = torch.zeros_like(gate).scatter(1, chosen, 1.0)
+        kept = hard + gate - gate.detach()  # value: hard 0/1; gradient: through the gate
+        center = center_region_mask(features.shape[-2], features.shape[-1], self.center_region_size, features.device)
+        center = center.to(features.dtype)[None, None]  # (1, 1, h, w)
+        return gate[:, :, None, None] * (center + (1 - center) * kept[:, :, None, None])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.channel_mask(features)
+
+
+class CenterFocusEdgeCompensation(nn.Module):
+    """Edge-feature compensation (design item 10): a light depthwise-separable conv whose output is added on the
+    periphery only. With `dtype` float16/bfloat16 the branch computes in half precision (design item 5, edge
+    precision) while everything else stays in the model's dtype."""
+
+    def __init__(self, channels: int, center_region_size: float, dtype: str):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
+        self.pointwise = nn.Conv2d(channels, channels, kernel_size=1)
+        self.center_region_size = center_region_size
+        self.compute_dtype = EDGE_PRECISION_DTYPES[dtype]
+
+    def _conv(self, conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        bias = conv.bias.to(dtype) if conv.bias is not None else None
+        return F.conv2d(features, conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def forward(self, features: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Add `pointwise(relu(depthwise(source)))` to `features` outside the centre. Both `(B, c, h, w)`."""
+        branch = self._conv(self.pointwise, F.relu(self._conv(self.depthwise, source.to(self.compute_dtype))))
+        center = center_region_mask(source.shape[-2], source.shape[-1], self.center_region_size, source.device)
+        periphery = (~center).to(features.dtype)[None, None]
+        return features + branch.to(features.dtype) * periphery
+
+
+class CenterFocusStemStage(nn.Module):
+    """One stem stage: conv -> ReLU -> centre weighting (design item 2)."""
+
+    def __init__(self, config: CenterFocusConfig, stage: int, in_channels: int):
+        super().__init__()
+        kernel = config.stem_kernel_sizes[stage]
+        self.conv = nn.Conv2d(in_channels, config.stem_channels[stage], kernel_size=kernel,
+                              stride=config.stem_strides[stage], padding=kernel // 2)
+        self.center_weighting = CENTER_WEIGHTING_CLASSES[config.center_weighting_type](config, stage)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.center_weighting(F.relu(self.conv(features)))
+
+
+class CenterFocusConvStem(nn.Module):
+    """Hierarchical centre-weighted CNN (design items 1-3, 5, 10): the stages, channel pruning of the periphery
+    on the last stage, optional edge compensation, then adaptive pooling to the `G x G` token grid."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        channels = (config.num_channels, *config.stem_channels)
+        self.stages = nn.ModuleList(CenterFocusStemStage(config, i, channels[i]) for i in range(len(channels) - 1))
+        self.channel_pruning = CHANNEL_PRUNING_CLASSES[config.channel_pruning_type](config)
+        self.edge_compensation = EDGE_COMPENSATION_CLASSES[config.edge_compensation_type](config)
+        self.grid_size = config.image_tokenizer_grid_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` -> `(B, stem_channels[-1], G, G)`."""
+        features = pixel_values
+        for stage in self.stages:
+            features = stage(features)
+        pruned = self.channel_pruning(features)
+        if not isinstance(self.edge_compensation, nn.Identity):
+            pruned = self.edge_compensation(pruned, features)
+        return F.adaptive_avg_pool2d(pruned, self.grid_size)
+
+
+class CenterFocusChannelAttention(nn.Module):
+    """Squeeze-excitation over the channels of the pooled map (design item 6). Unlike the seed's sketch, the map is
+    pooled and flattened before the linear layers."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, max(1, channels // reduction))
+        self.fc2 = nn.Linear(max(1, channels // reduction), channels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(B, c, G, G)` -> `(B, c, G, G)`."""
+        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))  # (B, c)
+        return features * scale[:, :, None, None]
+
+
+class CenterFocusPositionEmbedding2D(nn.Module):
+    """Learned or fixed 2-D position embedding added to the `G x G` token grid. A learned table saved for another grid
+    size is resized bicubically on load."""
+
+    def __init__(self, grid_size: int, dim: int, learned: bool):
+        super().__init__()
+        self.grid_size = grid_size
+        if learned:
+            self.weight = nn.Parameter(torch.zeros(grid_size * grid_size, dim))
+        else:
+            self.register_buffer("weight", sincos_2d_table(grid_size, dim), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        stored = state_dict.get(key)
+        if isinstance(self.weight, nn.Parameter) and stored is not None and stored.shape != self.weight.shape:
+            side = math.isqrt(stored.shape[0])
+            if side * side == stored.shape[0] and stored.shape[1] == self.weight.shape[1]:
+                logger.warning(f"Resizing the position embedding from a {side}x{side} to a "
+                               f"{self.grid_size}x{self.grid_size} grid.")
+                grid = stored.t().reshape(1, -1, side, side)  # (1, D, G', G')
+                grid = F.interpolate(grid.float(), size=(self.grid_size, self.grid_size), mode="bicubic",
+                                     align_corners=False)
+                state_dict[key] = grid.reshape(stored.shape[1], -1).t().to(stored.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(B, G*G, D)` -> `(B, G*G, D)`."""
+        return tokens + self.weight.to(tokens.dtype)
+
+
+def foveation_matrix(grid_size: int, center_size: int, pool: int) -> torch.Tensor:
+    """`(N, G*G)` averaging matrix: one row per foveated token. Fovea cells map one to one; every peripheral
+    `pool x pool` block outside the fovea is averaged into one token."""
+    margin = (grid_size - center_size) // 2
+    rows = []
+    for y in range(margin, margin + center_size):
+        for x in range(margin, margin + center_size):
+            row = torch.zeros(grid_size, grid_size)
+            row[y, x] = 1.0
+            rows.append(row)
+    coarse_lo, coarse_hi = margin // pool, (margin + center_size) // pool
+    for cy in range(grid_size // pool):
+        for cx in range(grid_size // pool):
+            if coarse_lo <= cy < coarse_hi and coarse_lo <= cx < coarse_hi:
+                continue
+            row = torch.zeros(grid_size, grid_size)
+            row[cy * pool:(cy + 1) * pool, cx * pool:(cx + 1) * pool] = 1.0 / pool**2
+            rows.append(row)
+    return torch.stack(rows).reshape(len(rows), -1)
+
+
+class CenterFocusImageTokenizer(nn.Module):
+    """Turns the `(B, c, G, G)` stem output into `(B, N, D)` image tokens (design items 2 and 6): SE channel attention,
+    projection to `D`, 2-D position embedding, then either one token per cell (`grid_pool`) or foveated tokens.
+
+    Token geometry is fixed by the config and kept as buffers: `token_coordinates` `(N, 2)` (v, u in [-1, 1]) and
+    `token_is_center` `(N,)`."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        channels = config.stem_channels[-1]
+        grid = config.image_tokenizer_grid_size
+        self.channel_attention = CHANNEL_ATTENTION_CLASSES[config.channel_attention_type](config)
+        self.proj = nn.Linear(channels, config.hidden_size)
+        self.position_embedding = POSITION_EMBEDDING_CLASSES[config.position_embedding_type](config)
+        pooling = IMAGE_TOKEN_POOLING[config.image_tokenizer_type](config)
+        self.foveated = config.image_tokenizer_type == "foveated"
+        self.register_buffer("pooling", pooling, persistent=False)  # (N, G*G)
+        v, u = grid_coordinates(grid, grid)
+        coordinates = pooling @ torch.stack([v.reshape(-1), u.reshape(-1)], dim=1)  # (N, 2)
+        self.register_buffer("token_coordinates", coordinates, persistent=False)
+        is_center = (coordinates.abs() <= config.center_region_size + 1e-6).all(dim=1)
+        self.register_buffer("token_is_center", is_center, persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(B, c, G, G)` -> `(B, N, D)`."""
+        features = self.channel_attention(features)
+        tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, G*G, D)
+        tokens = self.position_embedding(tokens)
+        if self.foveated:
+            tokens = torch.matmul(self.pooling.to(tokens.dtype), tokens)  # (B, N, D)
+        return tokens
+
+
+class CenterFocusModalityGate(nn.Module):
+    """Dynamic image/text balance (design item 8): scales each encoder output token by `2 * sigmoid(w.x + b)`, which
+    is exactly 1 at initialisation and learns how much each token (image or prompt) contributes."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * (2 * torch.sigmoid(self.gate(hidden_states)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer layers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CenterFocusEncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer encoder layer."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = CenterFocusAttention(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CenterFocusMLP(config)
+        self.dropout = _residual_dropout(config)
+
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
+        attended, weights = self.self_attn(self.self_attn_layer_norm(hidden_states), attention_mask=attention_mask,
+                                           output_attentions=output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.final_layer_norm(hidden_states)))
+        return hidden_states, weights
+
+
+class CenterFocusDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer decoder layer: causal self-attention, cross-attention to the encoder, MLP."""
+
+    def __init__(self, config: CenterFocusConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = CenterFocusAttention(config, layer_idx=layer_idx)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn = CenterFocusAttention(config, is_cross_attention=True, layer_idx=layer_idx)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CenterFocusMLP(config)
+        self.dropout = _residual_dropout(config)
+
+    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, encoder_attention_mask=None,
+                past_key_values=None, output_attentions=False, use_cache=True):
+        attended, self_weights = self.self_attn(self.self_attn_layer_norm(hidden_states), attention_mask=attention_mask,
+                                                past_key_values=past_key_values, output_attentions=output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        attended, cross_weights = self.cross_attn(
+            self.cross_attn_layer_norm(hidden_states), key_value_states=encoder_hidden_states,
+            attention_mask=encoder_attention_mask, past_key_values=past_key_values,
+            output_attentions=output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.final_layer_norm(hidden_states)))
+        return hidden_states, self_weights, cross_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registries: one dict per config switch (a test checks they equal the allowed values in the config file)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _identity(*_args) -> nn.Module:
+    return nn.Identity()
+
+
+CENTER_WEIGHTING_CLASSES = {
+    "gaussian": lambda config, stage: CenterFocusCenterWeighting(
+        config.center_sigmas[stage], config.center_weighting_floor, config.center_sigma_learnable),
+    "none": _identity,
+}
+CHANNEL_PRUNING_CLASSES = {
+    "topk": lambda config: CenterFocusChannelPruning(config.stem_channels[-1], config.channel_pruning_keep_ratio,
+                                                     config.channel_pruning_reduction, config.center_region_size),
+    "none": _identity,
+}
+EDGE_COMPENSATION_CLASSES = {
+    "conv": lambda config: CenterFocusEdgeCompensation(config.stem_channels[-1], config.center_region_size,
+                                                       config.edge_precision),
+    "none": _identity,
+}
+CHANNEL_ATTENTION_CLASSES = {
+    "se": lambda config: CenterFocusChannelAttention(config.stem_channels[-1], config.channel_attention_reduction),
+    "none": _identity,
+}
+POSITION_EMBEDDING_CLASSES = {
+    "learned_2d": lambda config: CenterFocusPositionEmbedding2D(config.image_tokenizer_grid_size, config.hidden_size,
+                                                                learned=True),
+    "sincos_2d": lambda config: CenterFocusPositionEmbedding2D(config.image_tokenizer_grid_size, config.hidden_size,
+                                                               learned=False),
+    "none": _identity,
+}
+MODALITY_EMBEDDING_CLASSES = {
+    "learned": lambda config: nn.Embedding(2, config.hidden_size),
+    "none": lambda config: None,
+}
+MODALITY_GATE_CLASSES = {"dynamic": CenterFocusModalityGate, "none": _identity}
+IMAGE_TOKEN_POOLING = {
+    "grid_pool": lambda config: torch.eye(config.image_tokenizer_grid_size**2),
+    "foveated": lambda config: foveation_matrix(config.image_tokenizer_grid_size, config.foveated_center_size,
+                                                config.foveated_periphery_pool),
+}
+ENCODER_IMAGE_ATTENTION_MASKS = {"full": full_image_attention, "center_local": center_local_image_attention}
+CROSS_MODAL_TEXT_COLUMNS = {"full": all_text_columns, "cls_only": first_text_column}
+EDGE_PRECISION_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder and decoder stacks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+# Every Auto class a saved folder should answer to with `trust_remote_code=True` (save_pretrained records only one
+# model class by itself). AutoModelForVision2Seq is deprecated, but the 4.57 image-to-text pipeline resolves it.
+_AUTO_MAP = {
+    "AutoConfig": "configuration_centerfocus.CenterFocusConfig",
+    "AutoModel": "modeling_centerfocus.CenterFocusModel",
+    "AutoModelForVision2Seq": "modeling_centerfocus.CenterFocusForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_centerfocus.CenterFocusForConditionalGeneration",
+}
+
+
+class CenterFocusPreTrainedModel(PreTrainedModel):
+    config_class = CenterFocusConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CenterFocusEncoderLayer", "CenterFocusDecoderLayer"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+
+    def __init__(self, config: CenterFocusConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        self.config.auto_map = {**_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, CenterFocusModalityGate):
+            module.gate.weight.data.zero_()
+            module.gate.bias.data.zero_()
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            # children are initialised before their parents, so the modality gate above zeroes its own Linear after this
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, CenterFocusCenterWeighting):
+            module.log_sigma.data.fill_(math.log(module.initial_sigma))
+        elif isinstance(module, CenterFocusPositionEmbedding2D) and isinstance(module.weight, nn.Parameter):
+            module.weight.data.normal_(mean=0.0, std=std)
+        elif isinstance(module, CenterFocusForConditionalGeneration) and module.logit_scale is not None:
+            module.logit_scale.data.fill_(math.log(1 / self.config.contrastive_temperature))
+
+
+class CenterFocusEncoder(CenterFocusPreTrainedModel):
+    """Vision front end plus the multimodal transformer encoder over `[image tokens ; prompt tokens]`.
+    Callable on its own (it is what `get_encoder()` returns, and the ONNX encoder graph)."""
+
+    def __init__(self, config: CenterFocusConfig, embed_tokens: Optional[nn.Embedding] = None):
+        super().__init__(config)
+        self.vision_stem = CenterFocusConvStem(config)
+        self.image_tokenizer = CenterFocusImageTokenizer(config)
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.modality_embedding = MODALITY_EMBEDDING_CLASSES[config.modality_embedding_type](config)
+        self.layers = nn.ModuleList(CenterFocusEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.modality_gate = MODALITY_GATE_CLASSES[config.modality_gate_type](config)
+        tokenizer = self.image_tokenizer
+        image_mask = ENCODER_IMAGE_ATTENTION_MASKS[config.encoder_attention_type](
+            tokenizer.token_coordinates * (config.image_tokenizer_grid_size / 2), tokenizer.token_is_center,
+            config.local_attention_window)
+        self.register_buffer("image_attention_mask", image_mask, persistent=False)
+        self.register_buffer("image_text_rows", self._image_text_rows(config), persistent=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _image_text_rows(self, config: CenterFocusConfig) -> torch.Tensor:
+        """`(N,)` bool: image queries allowed to see prompt tokens (peripheral ones are local-only)."""
+        is_center = self.image_tokenizer.token_is_center
+        return is_center.clone() if config.encoder_attention_type == "center_local" else torch.ones_like(is_center)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` -> image tokens `(B, N, D)` before the transformer layers."""
+        dtype = self.image_tokenizer.proj.weight.dtype
+        return self.image_tokenizer(self.vision_stem(pixel_values.to(dtype)))
+
+    def _validate_inputs(self, pixel_values, input_ids, inputs_embeds, attention_mask) -> None:
+        config = self.config
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required: CenterFocus captions images.")
+        if pixel_values.ndim != 4:
+            raise ValueError("`pixel_values` must have shape (batch_size, num_channels, height, width), got shape "
+                             f"{tuple(pixel_values.shape)}.")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"`pixel_values` must be a floating point tensor, got dtype {pixel_values.dtype}.")
+        expected = (config.num_channels, config.image_size, config.image_size)
+        if tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"`pixel_values` must have (num_channels, height, width) = {expected} for this model, got "
+                             f"{tuple(pixel_values.shape[1:])}; preprocess images with CenterFocusImageProcessor.")
+        prompt = input_ids if input_ids is not None else inputs_embeds
+        if prompt is not None and prompt.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"Batch size mismatch: `pixel_values` has {pixel_values.shape[0]} images but the prompt "
+                             f"(`input_ids`) has {prompt.shape[0]} rows.")
+        if prompt is not None and prompt.shape[1] > config.max_position_embeddings:
+            raise ValueError(f"The prompt has {prompt.shape[1]} tokens, more than `max_position_embeddings` "
+                             f"({config.max_position_embeddings}).")
+        if attention_mask is not None and prompt is not None and attention_mask.shape != prompt.shape[:2]:
+            raise ValueError(f"`attention_mask` shape {tuple(attention_mask.shape)} does not match the prompt "
+                             f"(`input_ids`) shape {tuple(prompt.shape[:2])}.")
+
+    def _embed(self, pixel_values, input_ids, inputs_embeds) -> torch.Tensor:
+        """Image tokens, then prompt tokens, each with its modality type embedding: `(B, S, D)`."""
+        image_tokens = self.get_image_features(pixel_values)  # (B, N, D)
+        if self.modality_embedding is not None:
+            image_tokens = image_tokens + self.modality_embedding.weight[0]
+        if input_ids is None and inputs_embeds is None:
+            return image_tokens
+        text = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
+        positions = torch.arange(text.shape[1], device=text.device)
+        text = text + self.embed_positions(positions)
+        if self.modality_embedding is not None:
+            text = text + self.modality_embedding.weight[1]
+        return torch.cat([image_tokens, text.to(image_tokens.dtype)], dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[tuple, CenterFocusEncoderOutput]:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Images.
+            input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): Text prompt.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): Prompt padding
+                mask (1 = token). Ignored without a prompt.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch_size, prompt_length, hidden_size)`, *optional*):
+                Prompt embeddings instead of `input_ids`.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        self._validate_inputs(pixel_values, input_ids, inputs_embeds, attention_mask)
+
+        # 1. image (+ prompt) -> tokens and the full padding mask over [image ; prompt]
+        hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)  # (B, S, D)
+        batch, length = hidden_states.shape[:2]
+        num_image_tokens = self.image_attention_mask.shape[0]
+        full_mask = torch.ones(batch, length, dtype=torch.long, device=hidden_states.device)
+        if attention_mask is not None and length > num_image_tokens:
+            full_mask[:, num_image_tokens:] = attention_mask.to(torch.long)
+        structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, length - num_image_tokens,
+                                           CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
+        mask = combine_masks(structure, full_mask)  # (B, 1, S, S)
+
+        # 2. transformer layers
+        all_hidden, all_attentions = (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden_states = self.modality_gate(self.layer_norm(hidden_states))
+        if output_hidden_states:
+            all_hidden += (hidden_states,)
+
+        output = CenterFocusEncoderOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden if output_hidden_states else None,
+            attentions=all_attentions if output_attentions else None,
+            attention_mask=full_mask,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CenterFocusDecoder(CenterFocusPreTrainedModel):
+    """Autoregressive caption decoder with causal self-attention (KV cache) and cross-attention (cached once)."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: CenterFocusConfig, embed_tokens: Optional[nn.Embedding] = None):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(CenterFocusDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        encoder_hidden_states: Optional[torch.FloatTensor] = None,
+        encoder_attention_mask: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`): Decoder input tokens.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, past_length + target_length)`, *optional*):
+                Decoder padding mask.
+            encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, encoder_length, hidden_size)`).
+            encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, encoder_length)`, *optional*).
+            past_key_values ([`~transformers.EncoderDecoderCache`], *optional*): Cache from previous steps.
+        """
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False  # recomputation cannot fill a cache
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if not use_cache:
+            past_key_values = None
+
+        # 1. embed with absolute positions that continue after the cached prefix
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        query_length = hidden_states.shape[1]
+        if past_length + query_length > self.config.max_position_embeddings:
+            raise ValueError(f"The caption would reach {past_length + query_length} tokens, more than "
+                             f"`max_position_embeddings` ({self.config.max_position_embeddings}).")
+        positions = torch.arange(past_length, past_length + query_length, device=hidden_states.device)
+        hidden_states = hidden_states + self.embed_positions(positions)
+
+        # 2. masks: causal (+ decoder padding) for self-attention, encoder padding for cross-attention
+        self_mask = combine_masks(causal_mask(query_length, past_length, hidden_states.device), attention_mask)
+        cross_mask = combine_masks(None, encoder_attention_mask)
+
+        # 3. layers
+        all_hidden, all_self, all_cross = (), (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, encoder_hidden_states, self_mask, cross_mask, past_key_values=past_key_values,
+                output_attentions=output_attentions, use_cache=use_cache)
+            if output_attentions:
+                all_self += (self_weights,)
+                all_cross += (cross_weights,)
+        hidden_states = self.layer_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden += (hidden_states,)
+        return (hidden_states, past_key_values, all_hidden or None, all_self or None, all_cross or None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: int) -> Optional[torch.Tensor]:
+    """The `(B, S)` mask the decoder cross-attends with. Prefers the mask the encoder returned; otherwise (plain
+    `BaseModelOutput` or tuple, as in ONNX export) accepts a full `(B, S)` mask or a prompt mask `(B, L)`."""
+    mask = getattr(encoder_outputs, "attention_mask", None)
+    if mask is not None:
+        return mask
+    if attention_mask is None:
+        return None
+    length = encoder_outputs[0].shape[1]
+    if attention_mask.shape[1] == length:
+        return attention_mask
+    if attention_mask.shape[1] == length - num_image_tokens:
+        image = attention_mask.new_ones(attention_mask.shape[0], num_image_tokens)
+        return torch.cat([image, attention_mask], dim=1)
+    raise ValueError(f"`attention_mask` has length {attention_mask.shape[1]}, but the encoder output has {length} "
+                     f"positions ({num_image_tokens} image tokens + prompt).")
+
+
+class CenterFocusModel(CenterFocusPreTrainedModel):
+    """The bare CenterFocus encoder-decoder returning decoder hidden states (no language-model head)."""
+
+    _tied_weights_keys = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+
+    def __init__(self, config: CenterFocusConfig):
+        config._validate()  # configs are often edited after creation
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.encoder = CenterFocusEncoder(config, self.shared)
+        self.decoder = CenterFocusDecoder(config, self.shared)
+        self.post_init()
+
+    def _tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self._tie_or_clone_weights(self.encoder.embed_tokens, self.shared)
+            self._tie_or_clone_weights(self.decoder.embed_tokens, self.shared)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self) -> CenterFocusEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> CenterFocusDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        decoder_input_ids: Optional[torch.LongTensor] = None,
+        decoder_attention_mask: Optional[torch.LongTensor] = None,
+        encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[tuple, Seq2SeqModelOutput]:
+        """Encode `pixel_values` (+ prompt) unless `encoder_outputs` is given, then decode `decoder_input_ids`.
+        Arguments as in [`CenterFocusForConditionalGeneration.forward`]."""
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(pixel_values, input_ids, attention_mask, inputs_embeds,
+                                           output_attentions, output_hidden_states, return_dict=True)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        encoder_mask = _encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError("Pass `decoder_input_ids` or `labels` (the decoder inputs are derived from labels).")
+        hidden, cache, dec_hidden, dec_self, dec_cross = self.decoder(
+            decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, encoder_mask,
+            past_key_values, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
+        output = Seq2SeqModelOutput(
+            last_hidden_state=hidden,
+            past_key_values=cache,
+            decoder_hidden_states=dec_hidden,
+            decoder_attentions=dec_self,
+            cross_attentions=dec_cross,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, GenerationMixin):
+    """CenterFocus captioner: [`CenterFocusModel`] plus a language-model head tied to the shared embedding.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from centerfocus import CenterFocusConfig, CenterFocusForConditionalGeneration
+    >>> config = CenterFocusConfig(hidden_size=32, num_attention_heads=4, encoder_layers=1, decoder_layers=1,
+    ...                            intermediate_size=64, vocab_size=50, image_size=32, stem_channels=(8, 16),
+    ...                            image_tokenizer_grid_size=4)
+    >>> model = CenterFocusForConditionalGeneration(config).eval()
+    >>> model.generate(pixel_values=torch.rand(1, 3, 32, 32), max_new_tokens=5).shape[0]
+    1
+    ```
+    """
+
+    _tied_weights_keys = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"]
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__(config)
+        self.model = CenterFocusModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.logit_scale = None
+        if config.contrastive_loss_weight > 0:
+            self.image_projection = nn.Linear(config.hidden_size, config.contrastive_dim, bias=False)
+            self.text_projection = nn.Linear(config.hidden_size, config.contrastive_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
+        if config.center_loss_weight > 0:
+            self.center_head = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_encoder(self) -> CenterFocusEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> CenterFocusDecoder:
+        return self.model.decoder
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """Image tokens `(batch_size, num_image_tokens, hidden_size)` before the encoder layers."""
+        return self.model.encoder.get_image_features(pixel_values)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        decoder_input_ids: Optional[torch.LongTensor] = None,
+        decoder_attention_mask: Optional[torch.LongTensor] = None,
+        encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        token_type_ids: Optional[torch.LongTensor] = None,
+    ) -> Union[tuple, CenterFocusSeq2SeqLMOutput]:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Images, as produced by [`CenterFocusImageProcessor`].
+            input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*):
+                Optional text prompt for the encoder (never copied into the caption).
+            attention_mask (`torch.LongTensor`, *optional*): Prompt padding mask `(batch_size, prompt_length)`, or
+                the full encoder mask `(batch_size, num_image_tokens + prompt_length)`.
+            decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+                Decoder inputs; derived from `labels` by shifting right when not given.
+            labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+                Caption token ids. Positions set to `-100` are ignored by the loss.
+            encoder_outputs, past_key_values, use_cache, output_attentions, output_hidden_states, return_dict:
+                As in transformers' encoder-decoder models.
+            cache_position: accepted for `generate()`; positions are derived from the cache.
+            token_type_ids: accepted so BERT-style tokenizer outputs can be passed as is; ignored.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+
+        outputs = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                             encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds, use_cache,
+                             output_attentions, output_hidden_states, return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+
+        losses = self._compute_losses(logits, labels, outputs) if labels is not None else {}
+        output = CenterFocusSeq2SeqLMOutput(
+            loss=losses.get("loss"),
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            lm_loss=losses.get("lm_loss"),
+            contrastive_loss=losses.get("contrastive_loss"),
+            center_loss=losses.get("center_loss"),
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _compute_losses(self, logits: torch.Tensor, labels: torch.Tensor, outputs: Seq2SeqModelOutput) -> dict:
+        """Caption cross-entropy (labels are already aligned with the logits: the decoder inputs were shifted, so
+        the labels are not shifted again) plus the enabled auxiliary losses."""
+        labels = labels.to(logits.device)
+        lm_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        losses = {"lm_loss": lm_loss, "loss": lm_loss}
+        num_image_tokens = self.config.num_image_tokens
+        image_states = outputs.encoder_last_hidden_state[:, :num_image_tokens]  # (B, N, D)
+        valid = (labels != -100).to(outputs.last_hidden_state.dtype)  # (B, T)
+        if self.config.contrastive_loss_weight > 0:
+            text_states = (outputs.last_hidden_state * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+            losses["contrastive_loss"] = self._contrastive_loss(image_states.mean(1), text_states)
+            losses["loss"] = losses["loss"] + self.config.contrastive_loss_weight * losses["contrastive_loss"]
+        if self.config.center_loss_weight > 0:
+            losses["center_loss"] = self._center_loss(image_states, labels)
+            losses["loss"] = losses["loss"] + self.config.center_loss_weight * losses["center_loss"]
+        return losses
+
+    def _contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE between `(B, D)` image and caption embeddings (CLIP)."""
+        image = F.normalize(self.image_projection(image_embeds).float(), dim=-1)
+        text = F.normalize(self.text_projection(text_embeds).float(), dim=-1)
+        logits = self.logit_scale.exp() * image @ text.t()  # (B, B)
+        targets = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+    def _center_loss(self, image_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Centre-quality supervision (design item 4): the mean of the centre image tokens, through a head and the
+        tied embedding, must predict every word of the caption (bag-of-words negative log-likelihood)."""
+        is_center = self.model.encoder.image_tokenizer.token_is_center
+        center = image_states[:, is_center].mean(1)  # (B, D)
+        log_probs = F.log_softmax(F.linear(self.center_head(center), self.get_input_embeddings().weight).float(), -1)
+        valid = labels != -100
+        picked = log_probs.gather(1, labels.clamp(min=0))  # (B, T)
+        return -(picked * valid).sum() / valid.sum().clamp(min=1)
+
+    # The only private generation hook CenterFocus overrides (Florence-2 in transformers 4.57 overrides it too);
+    # tests/integration/test_generation.py covers it. It routes an optional prompt to the encoder only.
+    def _prepare_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
+                                                       generation_config):
+        if model_kwargs.get("input_ids") is None and model_kwargs.get("inputs_embeds") is None:
+            # generate() invents a (B, C) mask from pixel_values when no prompt is given: drop it
+            model_kwargs.pop("attention_mask", None)
+        model_kwargs.pop("token_type_ids", None)
+        model_kwargs = super()._prepare_encoder_decoder_kwargs_for_generation(
+            inputs_tensor, model_kwargs, model_input_name, generation_config)
+        # the prompt belongs to the encoder; generate() would otherwise use `input_ids` as the decoder prefix
+        model_kwargs.pop("input_ids", None)
+        model_kwargs.pop("inputs_embeds", None)
+        model_kwargs["attention_mask"] = model_kwargs["encoder_outputs"].attention_mask  # (B, N + L)
+        return model_kwargs
+
+
+__all__ = [
+    "CenterFocusEncoder",
+    "CenterFocusDecoder",
+    "CenterFocusForConditionalGeneration",
+    "CenterFocusModel",
+    "CenterFocusPreTrainedModel",
+]
