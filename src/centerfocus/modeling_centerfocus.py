@@ -280,9 +280,10 @@ def _residual_dropout(config: CenterFocusConfig) -> nn.Module:
 
 class CenterFocusCenterWeighting(nn.Module):
     """Gaussian spatial attention (design item 1): multiplies a feature map by
-    `floor + (1 - floor) * exp(-(u^2 + v^2) / (2 sigma^2))`, where `(u, v)` are cell centres in [-1, 1]. The floor
-    re-weights the periphery instead of erasing it: a plain Gaussian at sigma 0.2 multiplies the corners by ~1e-11.
-    The standard deviation is stored as a log so it stays positive while it is learned."""
+    `m = floor + (1 - floor) * exp(-(u^2 + v^2) / (2 sigma^2))`, where `(u, v)` are cell centres in [-1, 1], divided
+    by its mean over the map. The floor re-weights the periphery instead of erasing it (a plain Gaussian at sigma 0.2
+    multiplies the corners by ~1e-11); the mean normalisation keeps the map's overall scale, so stacking stages does
+    not shrink the image signal. The standard deviation is stored as a log so it stays positive while it is learned."""
 
     def __init__(self, sigma: float, floor: float, learnable: bool):
         super().__init__()
@@ -302,7 +303,8 @@ class CenterFocusCenterWeighting(nn.Module):
         """The `(h, w)` weighting in float32."""
         v, u = grid_coordinates(height, width, device)
         gaussian = torch.exp(-(u**2 + v**2) / (2 * self.sigma.float() ** 2))
-        return self.floor + (1 - self.floor) * gaussian
+        weights = self.floor + (1 - self.floor) * gaussian
+        return weights / weights.mean()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """`(B, c, h, w)` -> `(B, c, h, w)`."""
@@ -468,7 +470,7 @@ def foveation_matrix(grid_size: int, center_size: int, pool: int) -> torch.Tenso
 
 class CenterFocusImageTokenizer(nn.Module):
     """Turns the `(B, c, G, G)` stem output into `(B, N, D)` image tokens (design items 2 and 6): SE channel attention,
-    projection to `D`, 2-D position embedding, then either one token per cell (`grid_pool`) or foveated tokens.
+    a per-token layer norm, projection to `D`, 2-D position embedding, then either one token per cell (`grid_pool`) or foveated tokens.
 
     Token geometry is fixed by the config and kept as buffers: `token_coordinates` `(N, 2)` (v, u in [-1, 1]) and
     `token_is_center` `(N,)`."""
@@ -478,6 +480,8 @@ class CenterFocusImageTokenizer(nn.Module):
         channels = config.stem_channels[-1]
         grid = config.image_tokenizer_grid_size
         self.channel_attention = CHANNEL_ATTENTION_CLASSES[config.channel_attention_type](config)
+        # normalising the stem features keeps image content from vanishing next to the position embeddings
+        self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.proj = nn.Linear(channels, config.hidden_size)
         self.position_embedding = POSITION_EMBEDDING_CLASSES[config.position_embedding_type](config)
         pooling = IMAGE_TOKEN_POOLING[config.image_tokenizer_type](config)
@@ -492,7 +496,7 @@ class CenterFocusImageTokenizer(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """`(B, c, G, G)` -> `(B, N, D)`."""
         features = self.channel_attention(features)
-        tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, G*G, D)
+        tokens = self.proj(self.norm(features.flatten(2).transpose(1, 2)))  # (B, G*G, D)
         tokens = self.position_embedding(tokens)
         if self.foveated:
             tokens = torch.matmul(self.pooling.to(tokens.dtype), tokens)  # (B, N, D)
@@ -645,7 +649,13 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
         if isinstance(module, CenterFocusModalityGate):
             module.gate.weight.data.zero_()
             module.gate.bias.data.zero_()
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+        elif isinstance(module, nn.Conv2d):
+            # fan-in scaling keeps the stem's activations O(1) (ResNet/timm); a fixed small std would make the image
+            # signal vanish under the position embeddings before training starts
+            nn.init.kaiming_normal_(module.weight.data, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Linear):
             # children are initialised before their parents, so the modality gate above zeroes its own Linear after this
             module.weight.data.normal_(mean=0.0, std=std)
             if module.bias is not None:

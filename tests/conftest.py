@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny config, an offline tokenizer, synthetic images and a saved model folder."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import centerfocus  # noqa: E402  (registers the Auto classes)
+from centerfocus import (  # noqa: E402
+    CenterFocusConfig,
+    CenterFocusForConditionalGeneration,
+    CenterFocusImageProcessor,
+    CenterFocusProcessor,
+)
+from centerfocus.tools.tokenizer import train_caption_tokenizer  # noqa: E402
+
+
+CAPTIONS = [
+    "a red circle in the centre",
+    "a blue square in the centre with a green triangle at the left",
+    "a yellow star in the centre",
+    "a green triangle in the centre near a red square",
+    "describe the image",
+    "what is in the centre",
+    "a small white cross at the top right",
+    "a big purple circle in the middle of the picture",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("RUN_SLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: set RUN_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+def tiny_config_kwargs(**overrides) -> dict:
+    kwargs = dict(
+        vocab_size=64, hidden_size=32, num_attention_heads=4, encoder_layers=2, decoder_layers=2,
+        intermediate_size=64, max_position_embeddings=64, image_size=32, stem_channels=(8, 16),
+        stem_kernel_sizes=(3, 3), stem_strides=(2, 2), image_tokenizer_grid_size=8, foveated_center_size=4,
+        foveated_periphery_pool=2, local_attention_window=1, contrastive_dim=16,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_config() -> CenterFocusConfig:
+    return CenterFocusConfig(**tiny_config_kwargs())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_caption_tokenizer(CAPTIONS, vocab_size=200)
+
+
+def make_image(seed: int, size: int = 48) -> Image.Image:
+    """A deterministic RGB test image: a coloured square on a noisy background."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+    color = rng.integers(120, 256, size=3, dtype=np.uint8)
+    lo, hi = size // 3, 2 * size // 3
+    array[lo:hi, lo:hi] = color
+    return Image.fromarray(array)
+
+
+@pytest.fixture(scope="session")
+def images() -> list:
+    return [make_image(seed) for seed in range(4)]
+
+
+def build_tiny_model(tokenizer, seed: int = 0, **overrides) -> CenterFocusForConditionalGeneration:
+    """A tiny model whose random weights give varied (non-constant) greedy captions."""
+    torch.manual_seed(seed)
+    config = CenterFocusConfig(**tiny_config_kwargs(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
+        initializer_range=1.0, **overrides))
+    model = CenterFocusForConditionalGeneration(config).eval()
+    model.generation_config.max_new_tokens = 8
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tokenizer) -> CenterFocusProcessor:
+    return CenterFocusProcessor(CenterFocusImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer) -> CenterFocusForConditionalGeneration:
+    return build_tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def saved_folder(tmp_path_factory, tiny_model, tiny_processor):
+    folder = tmp_path_factory.mktemp("cf") / "tiny_centerfocus"
+    tiny_model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    return folder

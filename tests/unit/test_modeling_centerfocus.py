@@ -1,0 +1,341 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from centerfocus import CenterFocusConfig, CenterFocusForConditionalGeneration
+from centerfocus import modeling_centerfocus as modeling
+
+from ..conftest import tiny_config_kwargs
+
+
+SWITCHES = [
+    {},
+    {"center_weighting_type": "none"},
+    {"center_sigma_learnable": False},
+    {"channel_pruning_type": "none"},
+    {"edge_compensation_type": "conv"},
+    {"edge_compensation_type": "conv", "edge_precision": "bfloat16"},
+    {"edge_compensation_type": "conv", "edge_precision": "float16"},
+    {"channel_attention_type": "none"},
+    {"image_tokenizer_type": "foveated"},
+    {"position_embedding_type": "sincos_2d"},
+    {"position_embedding_type": "none"},
+    {"modality_embedding_type": "none"},
+    {"modality_gate_type": "none"},
+    {"encoder_attention_type": "center_local"},
+    {"cross_modal_attention_type": "cls_only"},
+    {"contrastive_loss_weight": 0.5},
+    {"center_loss_weight": 0.5},
+    {"encoder_layers": 0},
+    # everything on
+    {"edge_compensation_type": "conv", "image_tokenizer_type": "foveated", "encoder_attention_type": "center_local",
+     "cross_modal_attention_type": "cls_only", "contrastive_loss_weight": 0.5, "center_loss_weight": 0.5},
+    # everything off
+    {"center_weighting_type": "none", "channel_pruning_type": "none", "channel_attention_type": "none",
+     "position_embedding_type": "none", "modality_embedding_type": "none", "modality_gate_type": "none"},
+]
+
+
+def _batch(config, batch_size=2, prompt_length=3, target_length=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
+    input_ids = torch.randint(4, config.vocab_size, (batch_size, prompt_length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, -1] = 0  # one padded prompt position
+    labels = torch.randint(4, config.vocab_size, (batch_size, target_length), generator=generator)
+    labels[0, -2:] = -100
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return CenterFocusForConditionalGeneration(CenterFocusConfig(**tiny_config_kwargs(**overrides)))
+
+
+def test_default_config_shapes():
+    config = CenterFocusConfig()
+    model = CenterFocusForConditionalGeneration(config).eval()
+    pixel_values = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        stem = model.model.encoder.vision_stem(pixel_values)
+        tokens = model.get_image_features(pixel_values)
+    assert stem.shape == (2, 128, 14, 14)
+    assert tokens.shape == (2, 196, 768)
+    # the seed's stage geometry: 64 channels at 112x112, 128 channels at 56x56
+    stages = model.model.encoder.vision_stem.stages
+    with torch.no_grad():
+        first = stages[0](pixel_values)
+        second = stages[1](first)
+    assert first.shape == (2, 64, 112, 112)
+    assert second.shape == (2, 128, 56, 56)
+
+
+@pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_switch_forward_backward_every_parameter_gets_gradient(overrides):
+    model = _model(**overrides).train()
+    config = model.config
+    batch = _batch(config)
+    outputs = model(**batch)
+    assert outputs.logits.shape == (2, 5, config.vocab_size)
+    assert outputs.encoder_last_hidden_state.shape == (2, config.num_image_tokens + 3, config.hidden_size)
+    assert torch.isfinite(outputs.logits).all()
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "absent"),
+    [
+        ({"center_weighting_type": "none"}, "log_sigma"),
+        ({"channel_pruning_type": "none"}, "channel_pruning."),
+        ({"edge_compensation_type": "none"}, "edge_compensation."),
+        ({"channel_attention_type": "none"}, "channel_attention."),
+        ({"position_embedding_type": "none"}, "position_embedding."),
+        ({"modality_embedding_type": "none"}, "modality_embedding."),
+        ({"modality_gate_type": "none"}, "modality_gate."),
+        ({"contrastive_loss_weight": 0.0}, "projection"),
+        ({"center_loss_weight": 0.0}, "center_head"),
+    ],
+)
+def test_switched_off_components_build_no_parameters(overrides, absent):
+    names = [name for name, _ in _model(**overrides).named_parameters()]
+    assert not any(absent in name for name in names)
+
+
+def test_gaussian_mask_peaks_at_centre_and_matches_float64_formula():
+    weighting = modeling.CenterFocusCenterWeighting(sigma=0.2, floor=0.1, learnable=True)
+    mask = weighting.mask(16, 16)
+    v = (torch.arange(16, dtype=torch.float64) + 0.5) / 16 * 2 - 1
+    vv, uu = torch.meshgrid(v, v, indexing="ij")
+    reference = 0.1 + 0.9 * torch.exp(-(uu**2 + vv**2) / (2 * 0.2**2))
+    reference = reference / reference.mean()
+    torch.testing.assert_close(mask.double(), reference, rtol=1e-5, atol=1e-6)
+    # peak in the four central cells, minimum at the corners, the floor keeps the corners re-weighted not erased
+    assert torch.allclose(mask[7:9, 7:9], mask.max().expand(2, 2))
+    assert mask[0, 0] == mask.min()
+    assert mask.min() > 0.1 / reference.mean().item() * 0.99
+    # moving away from the centre never increases the weight
+    assert (mask[8, 8:].diff() <= 0).all()
+
+
+def test_sigma_gets_a_gradient_through_the_loss():
+    model = _model().train()
+    model(**_batch(model.config)).loss.backward()
+    for stage in model.model.encoder.vision_stem.stages:
+        assert stage.center_weighting.log_sigma.grad is not None
+        assert stage.center_weighting.log_sigma.grad.abs() > 0
+
+
+def test_periphery_keeps_exactly_the_configured_fraction_of_channels():
+    torch.manual_seed(0)
+    pruning = modeling.CenterFocusChannelPruning(channels=16, keep_ratio=0.25, reduction=4, center_region_size=0.5)
+    pruning.eval()
+    features = torch.rand(3, 16, 8, 8) + 0.1
+    multiplier = pruning.channel_mask(features)
+    output = pruning(features)
+    center = modeling.center_region_mask(8, 8, 0.5)
+    nonzero = (output != 0).sum(dim=1)  # (B, h, w) channels kept per position
+    assert (nonzero[:, ~center] == 4).all()
+    assert (nonzero[:, center] == 16).all()
+    # the kept channels are the top-k of the gate, computed independently
+    gate = torch.sigmoid(pruning.fc2(F.relu(pruning.fc1(features.mean(dim=(2, 3))))))
+    expected = torch.zeros_like(gate).scatter(1, gate.topk(4, dim=1).indices, 1.0).bool()
+    corner = multiplier[:, :, 0, 0] != 0
+    assert torch.equal(corner, expected)
+    # deterministic at inference
+    assert torch.equal(pruning(features), output)
+
+
+def test_channel_pruning_is_straight_through_in_training():
+    torch.manual_seed(0)
+    pruning = modeling.CenterFocusChannelPruning(channels=8, keep_ratio=0.5, reduction=2, center_region_size=0.5)
+    features = torch.rand(2, 8, 6, 6)
+    output = pruning.train()(features)
+    assert ((output[:, :, 0, 0] != 0).sum(1) == 4).all()
+    output.sum().backward()
+    assert pruning.fc1.weight.grad.abs().sum() > 0
+
+
+def _brute_force_local_mask(coordinates, is_center, window):
+    n = len(is_center)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for q in range(n):
+        for k in range(n):
+            if is_center[q]:
+                allowed[q, k] = True
+            else:
+                dy = abs(coordinates[q, 0] - coordinates[k, 0])
+                dx = abs(coordinates[q, 1] - coordinates[k, 1])
+                allowed[q, k] = max(dy, dx) <= window
+    return allowed
+
+
+@pytest.mark.parametrize("tokenizer_type", ["grid_pool", "foveated"])
+@pytest.mark.parametrize("cross_modal", ["full", "cls_only"])
+def test_encoder_attention_mask_allows_exactly_the_intended_pairs(tokenizer_type, cross_modal):
+    model = _model(image_tokenizer_type=tokenizer_type, encoder_attention_type="center_local",
+                   cross_modal_attention_type=cross_modal, local_attention_window=1)
+    encoder = model.model.encoder
+    grid = model.config.image_tokenizer_grid_size
+    tokenizer = encoder.image_tokenizer
+    coordinates = (tokenizer.token_coordinates * grid / 2).tolist()
+    is_center = tokenizer.token_is_center.tolist()
+    n, text_length = len(is_center), 4
+    structure = modeling.encoder_structure_mask(encoder.image_attention_mask, encoder.image_text_rows, text_length,
+                                                modeling.CROSS_MODAL_TEXT_COLUMNS[cross_modal])
+    expected = torch.ones(n + text_length, n + text_length, dtype=torch.bool)
+    expected[:n, :n] = _brute_force_local_mask(torch.tensor(coordinates), is_center, 1)
+    for q in range(n):
+        for j in range(text_length):
+            local_only = not is_center[q]
+            expected[q, n + j] = (not local_only) and (cross_modal == "full" or j == 0)
+    assert torch.equal(structure, expected)
+    assert 0 < sum(is_center) < n  # both kinds of rows are exercised
+
+
+def test_attention_masks_change_the_encoder_as_intended():
+    """Peripheral tokens under center_local must be unaffected by a far-away token; dense attention is affected."""
+    for attention_type, expect_unchanged in (("center_local", True), ("full", False)):
+        model = _model(encoder_attention_type=attention_type, local_attention_window=1, channel_pruning_type="none",
+                       channel_attention_type="none").eval()
+        encoder = model.model.encoder
+        tokens = torch.randn(1, model.config.num_image_tokens, 32)
+        mask = modeling.combine_masks(encoder.image_attention_mask, torch.ones(1, tokens.shape[1]))
+        layer = encoder.layers[0]
+        out_a = layer(tokens, mask)[0]
+        perturbed = tokens.clone()
+        perturbed[0, -1] += 5.0 * torch.randn(32)  # bottom-right corner token
+        out_b = layer(perturbed, mask)[0]
+        # token 0 is the top-left corner, far from the bottom-right corner
+        assert torch.allclose(out_a[0, 0], out_b[0, 0]) == expect_unchanged
+
+
+def test_loss_ignores_minus_100_and_matches_float64_cross_entropy():
+    model = _model().eval()
+    batch = _batch(model.config)
+    outputs = model(**batch)
+    logits = outputs.logits.double()
+    labels = batch["labels"]
+    valid = labels != -100
+    reference = F.cross_entropy(logits[valid], labels[valid])
+    torch.testing.assert_close(outputs.loss.double(), reference, rtol=1e-5, atol=1e-6)
+    # decoder inputs are labels shifted right once (no second shift inside the loss)
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels)
+    assert (decoder_input_ids[:, 0] == model.config.decoder_start_token_id).all()
+    assert torch.equal(decoder_input_ids[1, 1:], labels[1, :-1])
+    assert (decoder_input_ids[0, -1] == model.config.pad_token_id)
+
+
+def test_auxiliary_losses_add_to_the_caption_loss():
+    model = _model(contrastive_loss_weight=0.5, center_loss_weight=0.25).eval()
+    outputs = model(**_batch(model.config))
+    expected = outputs.lm_loss + 0.5 * outputs.contrastive_loss + 0.25 * outputs.center_loss
+    torch.testing.assert_close(outputs.loss, expected)
+    assert outputs.contrastive_loss > 0 and outputs.center_loss > 0
+
+
+def test_eager_and_sdpa_agree():
+    batch = _batch(CenterFocusConfig(**tiny_config_kwargs()))
+    outputs = {}
+    for implementation in ("eager", "sdpa"):
+        model = _model(encoder_attention_type="center_local", cross_modal_attention_type="cls_only").eval()
+        model.set_attn_implementation(implementation)
+        outputs[implementation] = model(**batch).logits
+    torch.testing.assert_close(outputs["eager"], outputs["sdpa"], rtol=1e-4, atol=1e-5)
+
+
+def test_output_attentions_and_hidden_states():
+    model = _model().eval()
+    config = model.config
+    outputs = model(**_batch(config), output_attentions=True, output_hidden_states=True)
+    s = config.num_image_tokens + 3
+    assert len(outputs.encoder_attentions) == config.encoder_layers
+    assert outputs.encoder_attentions[0].shape == (2, 4, s, s)
+    assert len(outputs.decoder_attentions) == config.decoder_layers
+    assert outputs.decoder_attentions[0].shape == (2, 4, 5, 5)
+    assert outputs.cross_attentions[0].shape == (2, 4, 5, s)
+    assert len(outputs.encoder_hidden_states) == config.encoder_layers + 1
+    assert len(outputs.decoder_hidden_states) == config.decoder_layers + 1
+    # causal: no weight on future decoder positions; padding: no weight on the padded prompt position
+    assert outputs.decoder_attentions[0][:, :, 0, 1:].abs().max() == 0
+    assert outputs.cross_attentions[0][0, :, :, s - 1].abs().max() == 0
+    torch.testing.assert_close(outputs.encoder_attentions[0].sum(-1), torch.ones(2, 4, s))
+
+
+def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged():
+    batch = _batch(CenterFocusConfig(**tiny_config_kwargs()))
+    results = []
+    for checkpointing in (False, True):
+        model = _model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.model.encoder.layers[0].gradient_checkpointing
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padded_batch_matches_single_examples():
+    model = _model().eval()
+    config = model.config
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=generator)
+    prompts = [torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10]])]
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    decoder_input_ids = torch.tensor([[1, 11, 12], [1, 13, 14]])
+    batched = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                    decoder_input_ids=decoder_input_ids).logits
+    for i in range(2):
+        single = model(pixel_values=pixel_values[i:i + 1], input_ids=prompts[i],
+                       decoder_input_ids=decoder_input_ids[i:i + 1]).logits
+        torch.testing.assert_close(batched[i:i + 1], single, rtol=1e-4, atol=1e-5)
+    assert config.pad_token_id == 0
+
+
+def test_weights_are_tied():
+    model = _model()
+    shared = model.get_input_embeddings().weight
+    assert model.lm_head.weight.data_ptr() == shared.data_ptr()
+    assert model.model.encoder.embed_tokens.weight.data_ptr() == shared.data_ptr()
+    assert model.model.decoder.embed_tokens.weight.data_ptr() == shared.data_ptr()
+    model.resize_token_embeddings(80)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert model.lm_head.weight.shape[0] == 80
+
+
+def test_learned_position_embedding_is_resized_on_load():
+    small = _model(image_tokenizer_grid_size=4)
+    large = _model(image_tokenizer_grid_size=8)
+    state = {k: v for k, v in small.state_dict().items() if "position_embedding" in k}
+    table = large.model.encoder.image_tokenizer.position_embedding
+    table.load_state_dict({"weight": state["model.encoder.image_tokenizer.position_embedding.weight"]})
+    assert table.weight.shape == (64, 32)
+    assert math.isfinite(table.weight.sum().item())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pixel_values": torch.randn(3, 32, 32)}, "shape"),
+        ({"pixel_values": torch.randn(1, 3, 48, 48)}, "num_channels, height, width"),
+        ({"pixel_values": torch.randn(1, 1, 32, 32)}, "num_channels, height, width"),
+        ({"pixel_values": torch.zeros(1, 3, 32, 32, dtype=torch.long)}, "floating point"),
+        ({"pixel_values": torch.randn(2, 3, 32, 32), "input_ids": torch.ones(3, 4, dtype=torch.long)}, "Batch size"),
+        ({"pixel_values": torch.randn(1, 3, 32, 32), "input_ids": torch.ones(1, 4, dtype=torch.long),
+          "attention_mask": torch.ones(1, 5, dtype=torch.long)}, "attention_mask"),
+        ({"pixel_values": None}, "pixel_values"),
+    ],
+)
+def test_bad_model_inputs_raise_value_error(kwargs, message):
+    model = _model().eval()
+    with pytest.raises(ValueError, match=message):
+        model(decoder_input_ids=torch.ones(kwargs["pixel_values"].shape[0] if kwargs["pixel_values"] is not None
+                                           and kwargs["pixel_values"].ndim == 4 else 1, 2, dtype=torch.long), **kwargs)
