@@ -87,7 +87,8 @@ def build_tiny_model(tokenizer, seed: int = 0, **overrides) -> CenterFocusForCon
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
         initializer_range=1.0, **overrides))
     model = CenterFocusForConditionalGeneration(config).eval()
-    model.generation_config.max_new_tokens = 8
+    # a saved max_length (not max_new_tokens) is what the 4.57 image-to-text pipeline honours over its 256 default
+    model.generation_config.max_length = 9
     return model
 
 

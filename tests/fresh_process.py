@@ -1,0 +1,33 @@
+"""Run code in a fresh Python process in which the `centerfocus` package cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+
+BLOCKER = '''
+import importlib.abc, sys
+class _BlockCenterFocus(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "centerfocus" or name.startswith("centerfocus."):
+            raise ImportError(f"{name} is blocked in this process")
+        return None
+sys.meta_path.insert(0, _BlockCenterFocus())
+try:
+    import centerfocus  # noqa: F401
+    raise SystemExit("centerfocus should not be importable here")
+except ImportError:
+    pass
+'''
+
+
+def run_without_package(code: str, timeout: int = 300, env: dict | None = None) -> dict:
+    """Run `code` (which must print one JSON object on its last stdout line) and return that object."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=timeout, env=full_env, cwd="/")
+    if result.returncode != 0:
+        raise AssertionError(f"fresh process failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,132 @@
+"""save_pretrained / from_pretrained, Auto classes, and loading with trust_remote_code where the package is absent."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+)
+
+from centerfocus import (
+    CenterFocusForConditionalGeneration,
+    CenterFocusImageProcessor,
+    CenterFocusModel,
+    CenterFocusProcessor,
+)
+
+from ..fresh_process import run_without_package
+
+
+def _vision2seq():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from transformers import AutoModelForVision2Seq
+    return AutoModelForVision2Seq
+
+
+def test_saved_folder_layout(saved_folder):
+    names = {p.name for p in saved_folder.iterdir()}
+    for required in ("config.json", "generation_config.json", "model.safetensors", "configuration_centerfocus.py",
+                     "modeling_centerfocus.py", "image_processing_centerfocus.py", "processing_centerfocus.py",
+                     "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert required in names, required
+    assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
+    auto_map = json.loads((saved_folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_centerfocus.CenterFocusConfig"
+    assert auto_map["AutoModel"] == "modeling_centerfocus.CenterFocusModel"
+    for key in ("AutoModelForVision2Seq", "AutoModelForImageTextToText"):
+        assert auto_map[key] == "modeling_centerfocus.CenterFocusForConditionalGeneration"
+    preprocessor = json.loads((saved_folder / "preprocessor_config.json").read_text())
+    assert preprocessor["auto_map"]["AutoImageProcessor"] == "image_processing_centerfocus.CenterFocusImageProcessor"
+    # tied embeddings are stored once
+    stored = load_file(saved_folder / "model.safetensors")
+    assert "lm_head.weight" not in stored and "model.shared.weight" in stored
+
+
+def test_round_trip_is_bit_exact(saved_folder, tiny_model):
+    loaded = CenterFocusForConditionalGeneration.from_pretrained(saved_folder)
+    original, reloaded = tiny_model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for name, tensor in original.items():
+        assert torch.equal(tensor, reloaded[name]), name
+
+
+@pytest.mark.parametrize("auto_class", ["vision2seq", "image_text_to_text"])
+def test_auto_model_classes_load_the_folder(saved_folder, tiny_model, tiny_processor, images, auto_class):
+    cls = _vision2seq() if auto_class == "vision2seq" else AutoModelForImageTextToText
+    model = cls.from_pretrained(saved_folder).eval()
+    assert type(model) is CenterFocusForConditionalGeneration
+    inputs = tiny_processor(images=images)
+    assert torch.equal(model.generate(**inputs), tiny_model.generate(**inputs))
+
+
+def test_auto_model_config_processor(saved_folder, tiny_model):
+    assert type(AutoConfig.from_pretrained(saved_folder)).__name__ == "CenterFocusConfig"
+    base = AutoModel.from_pretrained(saved_folder)
+    assert type(base) is CenterFocusModel
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(tensor, tiny_model.model.state_dict()[name]), name
+    processor = AutoProcessor.from_pretrained(saved_folder)
+    assert type(processor) is CenterFocusProcessor
+    assert type(AutoImageProcessor.from_pretrained(saved_folder)) is CenterFocusImageProcessor
+    assert AutoTokenizer.from_pretrained(saved_folder)("a red circle")["input_ids"][0] == 1
+
+
+def test_fresh_process_without_the_package_loads_with_trust_remote_code(saved_folder, tiny_model, tiny_processor,
+                                                                        images):
+    paths = []
+    for i, image in enumerate(images[:2]):
+        path = saved_folder.parent / f"image_{i}.png"
+        image.save(path)
+        paths.append(str(path))
+    inputs = tiny_processor(images=images[:2], text=["describe the image", "a red"])
+    expected_prompt = tiny_model.generate(**inputs, num_beams=2).tolist()
+    expected_plain = tiny_model.generate(pixel_values=inputs["pixel_values"]).tolist()
+    result = run_without_package(f"""
+        import json, warnings
+        import torch
+        from PIL import Image
+        from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+        warnings.simplefilter("ignore", FutureWarning)
+        from transformers import AutoModelForVision2Seq
+        folder = {str(saved_folder)!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModelForVision2Seq.from_pretrained(folder, trust_remote_code=True).eval()
+        itt = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        images = [Image.open(p) for p in {paths!r}]
+        inputs = processor(images=images, text=["describe the image", "a red"])
+        print(json.dumps({{
+            "modules": [type(x).__module__ for x in (config, model, base, processor, processor.image_processor)],
+            "classes": [type(x).__name__ for x in (model, itt, base, processor)],
+            "prompt": model.generate(**inputs, num_beams=2).tolist(),
+            "plain": itt.generate(pixel_values=inputs["pixel_values"]).tolist(),
+        }}))
+    """)
+    assert all(m.startswith("transformers_modules.") for m in result["modules"])
+    assert result["classes"] == ["CenterFocusForConditionalGeneration", "CenterFocusForConditionalGeneration",
+                                 "CenterFocusModel", "CenterFocusProcessor"]
+    assert result["prompt"] == expected_prompt
+    assert result["plain"] == expected_plain
+
+
+def test_loading_without_trust_remote_code_in_a_fresh_process_is_refused(saved_folder):
+    result = run_without_package(f"""
+        import json
+        from transformers import AutoConfig
+        try:
+            AutoConfig.from_pretrained({str(saved_folder)!r}, trust_remote_code=False)
+            print(json.dumps({{"error": None}}))
+        except ValueError as error:
+            print(json.dumps({{"error": str(error)}}))
+    """)
+    assert result["error"] and "trust_remote_code" in result["error"]
