@@ -90,13 +90,14 @@ def to_rgb_array(image) -> np.ndarray:
 
 
 def _resize_channels(array: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    """Resize each channel of an `(H, W, 3)` float image in PIL's float mode (no 8-bit rounding)."""
+    """Resize each channel of an `(H, W, 3)` float image in PIL's float mode (no 8-bit rounding), clipped to
+    [0, 255] as an 8-bit resize would be (bicubic filters overshoot)."""
     if array.shape[:2] == (height, width):
         return array
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c]), mode="F").resize((width, height),
                                                                                               resample=resample))
                 for c in range(array.shape[-1])]
-    return np.stack(channels, axis=-1)
+    return np.clip(np.stack(channels, axis=-1), 0.0, 255.0)
 
 
 def _flatten_images(images) -> list:
