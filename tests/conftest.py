@@ -12,14 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import centerfocus  # noqa: E402  (registers the Auto classes)
-from centerfocus import (  # noqa: E402
+from centerfocus import (
     CenterFocusConfig,
     CenterFocusForConditionalGeneration,
     CenterFocusImageProcessor,
     CenterFocusProcessor,
 )
-from centerfocus.tools.tokenizer import train_caption_tokenizer  # noqa: E402
+from centerfocus.tools.tokenizer import train_caption_tokenizer
 
 
 CAPTIONS = [

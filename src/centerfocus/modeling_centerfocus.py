@@ -1167,8 +1167,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
 
 
 __all__ = [
-    "CenterFocusEncoder",
     "CenterFocusDecoder",
+    "CenterFocusEncoder",
     "CenterFocusForConditionalGeneration",
     "CenterFocusModel",
     "CenterFocusPreTrainedModel",

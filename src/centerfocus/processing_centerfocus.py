@@ -88,10 +88,10 @@ class CenterFocusProcessor(ProcessorMixin):
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise ValueError("The tokenizer has no eos token; CenterFocus captions must end with one.")
-        ids = [row + [eos] for row in self.tokenizer(captions, add_special_tokens=False)["input_ids"]]
+        ids = [[*row, eos] for row in self.tokenizer(captions, add_special_tokens=False)["input_ids"]]
         if max_target_length is not None and any(len(row) > max_target_length for row in ids):
             logger.warning(f"A caption is longer than max_target_length={max_target_length} tokens and was truncated.")
-            ids = [row[: max_target_length - 1] + [eos] if len(row) > max_target_length else row for row in ids]
+            ids = [[*row[:max_target_length - 1], eos] if len(row) > max_target_length else row for row in ids]
         longest = max(len(row) for row in ids)
         return [row + [-100] * (longest - len(row)) for row in ids]
 
