@@ -9,6 +9,7 @@ from .modeling_centerfocus import (
     CenterFocusDecoder,
     CenterFocusEncoder,
     CenterFocusForConditionalGeneration,
+    CenterFocusForImageClassification,
     CenterFocusModel,
     CenterFocusPreTrainedModel,
 )
@@ -28,6 +29,7 @@ def register_auto_classes() -> None:
         AutoConfig,
         AutoImageProcessor,
         AutoModel,
+        AutoModelForImageClassification,
         AutoModelForImageTextToText,
         AutoProcessor,
     )
@@ -40,6 +42,7 @@ def register_auto_classes() -> None:
     AutoModel.register(CenterFocusConfig, CenterFocusModel, exist_ok=True)
     AutoModelForVision2Seq.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
+    AutoModelForImageClassification.register(CenterFocusConfig, CenterFocusForImageClassification, exist_ok=True)
     AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, exist_ok=True)
     AutoProcessor.register(CenterFocusConfig, CenterFocusProcessor, exist_ok=True)
 
@@ -47,6 +50,7 @@ def register_auto_classes() -> None:
     CenterFocusForConditionalGeneration.register_for_auto_class("AutoModelForVision2Seq")
     CenterFocusImageProcessor.register_for_auto_class("AutoImageProcessor")
     CenterFocusProcessor.register_for_auto_class("AutoProcessor")
+    CenterFocusForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 
 register_auto_classes()
@@ -56,6 +60,7 @@ __all__ = [
     "CenterFocusDecoder",
     "CenterFocusEncoder",
     "CenterFocusForConditionalGeneration",
+    "CenterFocusForImageClassification",
     "CenterFocusImageProcessor",
     "CenterFocusModel",
     "CenterFocusPreTrainedModel",

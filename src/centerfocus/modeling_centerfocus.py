@@ -26,7 +26,12 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    ImageClassifierOutput,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
 from transformers.utils import logging
 
 from .configuration_centerfocus import CenterFocusConfig
@@ -621,6 +626,21 @@ EDGE_PRECISION_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bf
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def validate_pixel_values(config: CenterFocusConfig, pixel_values: Optional[torch.Tensor]) -> None:
+    """Raise `ValueError` unless `pixel_values` is a float `(B, num_channels, image_size, image_size)` tensor."""
+    if pixel_values is None:
+        raise ValueError("`pixel_values` is required: CenterFocus captions images.")
+    if pixel_values.ndim != 4:
+        raise ValueError("`pixel_values` must have shape (batch_size, num_channels, height, width), got shape "
+                         f"{tuple(pixel_values.shape)}.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"`pixel_values` must be a floating point tensor, got dtype {pixel_values.dtype}.")
+    expected = (config.num_channels, config.image_size, config.image_size)
+    if tuple(pixel_values.shape[1:]) != expected:
+        raise ValueError(f"`pixel_values` must have (num_channels, height, width) = {expected} for this model, got "
+                         f"{tuple(pixel_values.shape[1:])}; preprocess images with CenterFocusImageProcessor.")
+
+
 # Every Auto class a saved folder should answer to with `trust_remote_code=True` (save_pretrained records only one
 # model class by itself). AutoModelForVision2Seq is deprecated, but the 4.57 image-to-text pipeline resolves it.
 _AUTO_MAP = {
@@ -643,6 +663,24 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
     def __init__(self, config: CenterFocusConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
         self.config.auto_map = {**_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+
+    def enable_input_require_grads(self) -> None:
+        """Make the inputs of the transformer layers require grad, so that adapters (LoRA) inside checkpointed layers
+        get gradients with reentrant gradient checkpointing. Unlike the base implementation, which hooks only the
+        text embedding, this also hooks the image-token output: without it the encoder's adapters silently get no
+        gradient when there is no prompt."""
+
+        def make_output_require_grad(module, inputs, output):
+            output.requires_grad_(True)
+
+        modules = [self.get_input_embeddings()]
+        modules += [m for m in self.modules() if isinstance(m, CenterFocusImageTokenizer)]
+        self._require_grads_hooks = [m.register_forward_hook(make_output_require_grad) for m in modules]
+
+    def disable_input_require_grads(self) -> None:
+        for hook in getattr(self, "_require_grads_hooks", []):
+            hook.remove()
+        self._require_grads_hooks = []
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -709,6 +747,11 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    def vision_layers(self) -> list[nn.Module]:
+        """The image-encoder layers with parameters, input to output: each stem stage, channel pruning, edge
+        compensation (when on) and the image tokenizer. `--freeze_vision_layers N` freezes the first N."""
+        return _vision_layers(self.vision_stem, self.image_tokenizer)
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, C, H, W)` -> image tokens `(B, N, D)` before the transformer layers."""
         dtype = self.image_tokenizer.proj.weight.dtype
@@ -716,17 +759,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
 
     def _validate_inputs(self, pixel_values, input_ids, inputs_embeds, attention_mask) -> None:
         config = self.config
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required: CenterFocus captions images.")
-        if pixel_values.ndim != 4:
-            raise ValueError("`pixel_values` must have shape (batch_size, num_channels, height, width), got shape "
-                             f"{tuple(pixel_values.shape)}.")
-        if not pixel_values.is_floating_point():
-            raise ValueError(f"`pixel_values` must be a floating point tensor, got dtype {pixel_values.dtype}.")
-        expected = (config.num_channels, config.image_size, config.image_size)
-        if tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(f"`pixel_values` must have (num_channels, height, width) = {expected} for this model, got "
-                             f"{tuple(pixel_values.shape[1:])}; preprocess images with CenterFocusImageProcessor.")
+        validate_pixel_values(config, pixel_values)
         prompt = input_ids if input_ids is not None else inputs_embeds
         if prompt is not None and prompt.shape[0] != pixel_values.shape[0]:
             raise ValueError(f"Batch size mismatch: `pixel_values` has {pixel_values.shape[0]} images but the prompt "
@@ -1166,10 +1199,70 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return model_kwargs
 
 
+class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
+    """Stage-1 vision pre-training model (design, training stage 1): the CenterFocus stem and image tokenizer, mean
+    pooled, then a linear classifier. Its `vision_stem.*` and `image_tokenizer.*` weights load one to one into a
+    captioner's encoder (`centerfocus train --vision_init`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from centerfocus import CenterFocusConfig, CenterFocusForImageClassification
+    >>> config = CenterFocusConfig(hidden_size=32, num_attention_heads=4, image_size=32, stem_channels=(8, 16),
+    ...                            image_tokenizer_grid_size=4, num_labels=5)
+    >>> CenterFocusForImageClassification(config)(pixel_values=torch.rand(2, 3, 32, 32)).logits.shape
+    torch.Size([2, 5])
+    ```
+    """
+
+    base_model_prefix = "vision"
+
+    def __init__(self, config: CenterFocusConfig):
+        config._validate()
+        super().__init__(config)
+        self.vision_stem = CenterFocusConvStem(config)
+        self.image_tokenizer = CenterFocusImageTokenizer(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def vision_layers(self) -> list[nn.Module]:
+        """The image-encoder layers in input-to-output order (see `CenterFocusEncoder.vision_layers`)."""
+        return _vision_layers(self.vision_stem, self.image_tokenizer)
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[tuple, ImageClassifierOutput]:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Images.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        validate_pixel_values(self.config, pixel_values)
+        tokens = self.image_tokenizer(self.vision_stem(pixel_values.to(self.classifier.weight.dtype)))  # (B, N, D)
+        logits = self.classifier(self.layer_norm(tokens.mean(dim=1)))  # (B, num_labels)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits,
+                                       hidden_states=(tokens,) if output_hidden_states else None)
+        return output if return_dict else output.to_tuple()
+
+
+def _vision_layers(stem: CenterFocusConvStem, tokenizer: CenterFocusImageTokenizer) -> list[nn.Module]:
+    layers = [*stem.stages, stem.channel_pruning, stem.edge_compensation, tokenizer]
+    return [layer for layer in layers if any(True for _ in layer.parameters())]
+
+
 __all__ = [
     "CenterFocusDecoder",
     "CenterFocusEncoder",
     "CenterFocusForConditionalGeneration",
+    "CenterFocusForImageClassification",
     "CenterFocusModel",
     "CenterFocusPreTrainedModel",
 ]
