@@ -1,0 +1,159 @@
+"""Loading and checking image-caption data sets, and the training collator."""
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import datasets
+from PIL import Image
+
+from ..processing_centerfocus import CenterFocusProcessor
+
+
+logger = logging.getLogger(__name__)
+
+_METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as error:
+                            raise ValueError(f"{path}: line {number} is not valid JSON ({error.msg}).") from None
+            return rows
+        with path.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text.") from None
+
+
+def check_image_folder(folder: Path) -> None:
+    """Before `load_dataset("imagefolder")`: every metadata file names existing files in a `file_name` column."""
+    metadata_files = [p for name in _METADATA_NAMES for p in folder.rglob(name)]
+    for metadata in metadata_files:
+        rows = _read_metadata(metadata)
+        if not rows:
+            raise ValueError(f"{metadata} has no rows.")
+        if "file_name" not in rows[0]:
+            raise ValueError(f"{metadata} has no `file_name` column (columns: {sorted(rows[0])}).")
+        for row in rows:
+            image_path = metadata.parent / str(row["file_name"])
+            if not image_path.is_file():
+                raise ValueError(f"Image file {image_path} listed in {metadata} does not exist.")
+
+
+def load_image_dataset(path_or_name: str, config_name: Optional[str] = None) -> datasets.DatasetDict:
+    """An image folder (the `imagefolder` convention), a folder saved with `save_to_disk`, or anything
+    `datasets.load_dataset` accepts."""
+    path = Path(path_or_name)
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        if any(path.rglob("metadata.*")):
+            check_image_folder(path)
+            return datasets.load_dataset("imagefolder", data_dir=str(path))
+        return datasets.load_dataset(str(path), config_name)
+    if path.suffix or "/" in path_or_name and path_or_name.startswith((".", "/")):
+        raise ValueError(f"Data set path {path_or_name!r} does not exist.")
+    return datasets.load_dataset(path_or_name, config_name)
+
+
+def _image_source(value) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or "<in-memory image bytes>"
+    return str(value)
+
+
+def _check_images(split: datasets.Dataset, image_column: str, split_name: str) -> None:
+    """Open every image once so that a corrupt file stops the run before training, naming the file."""
+    raw = split.cast_column(image_column, datasets.Image(decode=False))
+    for index, value in enumerate(raw[image_column]):
+        source = _image_source(value)
+        try:
+            data = value.get("bytes") if isinstance(value, dict) else None
+            handle = io.BytesIO(data) if data else (value["path"] if isinstance(value, dict) else value)
+            with Image.open(handle) as image:
+                image.load()
+        except Exception as error:  # PIL raises many types for bad files; report them all as bad data
+            raise ValueError(f"Unreadable image in split {split_name!r}, row {index}: {source} ({error}).") from None
+
+
+def check_caption_dataset(
+    dataset: datasets.DatasetDict,
+    image_column: str,
+    caption_column: str,
+    train_split: str = "train",
+    eval_split: Optional[str] = None,
+    validation_fraction: float = 0.1,
+    seed: int = 42,
+    prompt_column: Optional[str] = None,
+) -> tuple[datasets.Dataset, Optional[datasets.Dataset]]:
+    """Validate the data before any training and pick the train / evaluation splits.
+
+    Raises:
+        ValueError: naming the split, column, row or file: a missing split or column, an empty split, an empty or
+            non-string caption, an unreadable image.
+    """
+    if train_split not in dataset:
+        raise ValueError(f"The data set has no split {train_split!r}; available splits: {sorted(dataset)}.")
+    if eval_split is None:
+        eval_split = next((name for name in ("validation", "valid", "val", "test") if name in dataset), None)
+    elif eval_split not in dataset:
+        raise ValueError(f"The data set has no split {eval_split!r}; available splits: {sorted(dataset)}.")
+    splits = {train_split: dataset[train_split]}
+    if eval_split is not None:
+        splits[eval_split] = dataset[eval_split]
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(f"Split {name!r} is empty.")
+        for column in filter(None, (image_column, caption_column, prompt_column)):
+            if column not in split.column_names:
+                raise ValueError(f"Split {name!r} has no column {column!r}; columns: {split.column_names}. Use "
+                                 "--image_column / --caption_column to name them.")
+        if isinstance(split.features[image_column], datasets.Value):  # a column of paths
+            split = split.cast_column(image_column, datasets.Image())
+        for index, caption in enumerate(split[caption_column]):
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"Split {name!r}, row {index}: caption column {caption_column!r} holds {caption!r}; "
+                                 "every caption must be non-empty text.")
+        _check_images(split, image_column, name)
+        splits[name] = split
+    train = splits[train_split]
+    if eval_split is not None:
+        return train, splits[eval_split]
+    if len(train) < 2 or validation_fraction <= 0:
+        return train, None
+    parts = train.train_test_split(test_size=validation_fraction, seed=seed)
+    logger.info(f"No evaluation split: holding out {len(parts['test'])} of {len(train)} training examples.")
+    return parts["train"], parts["test"]
+
+
+class CaptionCollator:
+    """Turns raw data-set rows (PIL images, caption strings, optional prompts) into model inputs with the processor:
+    `pixel_values`, `labels` (-100 padded) and, with prompts, `input_ids` / `attention_mask`."""
+
+    def __init__(self, processor: CenterFocusProcessor, image_column: str = "image", caption_column: str = "text",
+                 prompt_column: Optional[str] = None, max_target_length: Optional[int] = None):
+        self.processor = processor
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.prompt_column = prompt_column
+        self.max_target_length = max_target_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        images = [feature[self.image_column] for feature in features]
+        captions = [feature[self.caption_column] for feature in features]
+        prompts = [feature[self.prompt_column] for feature in features] if self.prompt_column else None
+        batch = self.processor(images=images, text=prompts, text_target=captions,
+                               max_target_length=self.max_target_length, return_tensors="pt")
+        return dict(batch)

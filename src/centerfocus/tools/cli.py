@@ -1,0 +1,39 @@
+"""The `centerfocus` command: `centerfocus <command> [arguments]`; `centerfocus <command> --help` for each."""
+
+import sys
+from typing import Optional
+
+
+COMMANDS = {
+    "train": ("centerfocus.tools.train", "Fine-tune a captioner with the HF Seq2SeqTrainer."),
+    "pretrain-vision": ("centerfocus.tools.pretrain", "Stage 1: train the CNN as an image classifier."),
+    "demo": ("centerfocus.tools.demo", "Generate the built-in data set, train, evaluate, draw captions."),
+    "generate-data": ("centerfocus.tools.demo", "Write the built-in synthetic data set as an image folder."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: centerfocus <command> [arguments]", "", "commands:"]
+    lines += [f"  {name:<16} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"centerfocus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command][0])
+    entry = module.generate_data_main if command == "generate-data" else module.main
+    entry(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`centerfocus pretrain-vision`: stage 1 of the design's staged training, the CNN as an image classifier.
+
+Trains a CenterFocusForImageClassification with the HF Trainer on an image folder of class sub-folders
+(`datasets` imagefolder: `train/<class>/*.png`, optionally `test/<class>/*.png`). The saved folder initialises a
+captioner's vision weights with `centerfocus train --vision_init FOLDER`.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from ..configuration_centerfocus import CenterFocusConfig
+from ..image_processing_centerfocus import CenterFocusImageProcessor
+from ..modeling_centerfocus import CenterFocusForImageClassification
+from .caption_data import load_image_dataset
+from .train import MODEL_PRESETS, _parse_overrides
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainArguments:
+    """Stage-1 data and model."""
+
+    dataset: str = field(metadata={"help": "Image folder with one sub-folder per class (imagefolder convention)."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    model_size: str = field(default="small", metadata={"help": f"Vision preset: {sorted(MODEL_PRESETS)}."})
+    config_overrides: Optional[str] = field(default=None, metadata={"help": "CenterFocusConfig overrides k=v,..."})
+    image_size: Optional[int] = field(default=None, metadata={"help": "Image size (overrides the preset)."})
+
+
+class ClassificationCollator:
+    """Rows with a PIL image and an integer label -> `pixel_values`, `labels`."""
+
+    def __init__(self, image_processor: CenterFocusImageProcessor, image_column: str, label_column: str):
+        self.image_processor = image_processor
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __call__(self, features: list[dict]) -> dict:
+        pixel_values = self.image_processor([f[self.image_column] for f in features], return_tensors="pt")
+        labels = torch.tensor([f[self.label_column] for f in features], dtype=torch.long)
+        return {"pixel_values": pixel_values["pixel_values"], "labels": labels}
+
+
+def run_pretraining(args: PretrainArguments, training_args: TrainingArguments) -> dict:
+    """Train and save the stage-1 classifier; returns the metrics."""
+    data = load_image_dataset(args.dataset)
+    if "train" not in data:
+        raise ValueError(f"{args.dataset!r} has no 'train' split; splits: {sorted(data)}.")
+    train = data["train"]
+    for column in (args.image_column, args.label_column):
+        if column not in train.column_names:
+            raise ValueError(f"The stage-1 data set has no column {column!r}; columns: {train.column_names}. Use "
+                             "class sub-folders (imagefolder) or --label_column.")
+    names = train.features[args.label_column].names
+    kwargs = dict(MODEL_PRESETS[args.model_size])
+    if args.image_size:
+        kwargs["image_size"] = args.image_size
+    kwargs.update(_parse_overrides(args.config_overrides))
+    config = CenterFocusConfig(**kwargs, num_labels=len(names), id2label=dict(enumerate(names)),
+                               label2id={n: i for i, n in enumerate(names)})
+    model = CenterFocusForImageClassification(config)
+    image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size})
+    evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
+
+    def compute_metrics(prediction) -> dict:
+        return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+                      data_collator=ClassificationCollator(image_processor, args.image_column, args.label_column),
+                      compute_metrics=compute_metrics)
+    metrics = dict(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
+    if evaluation is not None:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        trainer.save_model(training_args.output_dir)
+        image_processor.save_pretrained(training_args.output_dir)
+        trainer.save_metrics("all", metrics)
+    return metrics
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for flag, value in {"--output_dir": "centerfocus-vision", "--remove_unused_columns": "false",
+                        "--report_to": "tensorboard", "--save_strategy": "epoch", "--eval_strategy": "epoch",
+                        "--save_total_limit": "2", "--logging_steps": "10"}.items():
+        if flag not in given:
+            argv += [flag, value]
+    args, training_args = HfArgumentParser((PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    return run_pretraining(args, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""`centerfocus train`: fine-tune a CenterFocus captioner with the Hugging Face Seq2SeqTrainer.
+
+Every `Seq2SeqTrainingArguments` flag works (`--bf16`, `--use_cpu`, `--gradient_checkpointing`, `--resume_from_checkpoint`,
+`--report_to`, ...), plus the model and data arguments below. Works under `accelerate launch` (DDP).
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+)
+
+from ..configuration_centerfocus import CenterFocusConfig
+from ..image_processing_centerfocus import CenterFocusImageProcessor
+from ..modeling_centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification
+from ..processing_centerfocus import CenterFocusProcessor
+from .caption_data import CaptionCollator, check_caption_dataset, load_image_dataset
+from .tokenizer import train_caption_tokenizer
+
+
+logger = logging.getLogger(__name__)
+
+# Model sizes for training from scratch. "base" is the design's default model.
+MODEL_PRESETS = {
+    "tiny": dict(hidden_size=64, num_attention_heads=4, encoder_layers=1, decoder_layers=2, intermediate_size=128,
+                 image_size=64, stem_channels=(16, 32), stem_kernel_sizes=(5, 3), image_tokenizer_grid_size=8,
+                 foveated_center_size=4, local_attention_window=1, max_position_embeddings=128),
+    "small": dict(hidden_size=256, num_attention_heads=4, encoder_layers=3, decoder_layers=3, intermediate_size=1024,
+                  image_size=128, stem_channels=(32, 64), image_tokenizer_grid_size=14, max_position_embeddings=256),
+    "base": {},
+}
+
+
+@dataclass
+class ModelArguments:
+    """What to train: a saved CenterFocus model or a new one from a preset, its tokenizer and initialisation."""
+
+    model_name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "A saved CenterFocus captioner to fine-tune. Default: a new model from --model_size."})
+    model_size: str = field(default="small", metadata={
+        "help": f"Preset for a new model: {sorted(MODEL_PRESETS)} ('base' is the design's default 768-wide 6+6)."})
+    config_overrides: Optional[str] = field(default=None, metadata={
+        "help": "Comma-separated CenterFocusConfig overrides for a new model, e.g. "
+                "'image_tokenizer_type=foveated,encoder_layers=2,stem_channels=32|64'."})
+    tokenizer: Optional[str] = field(default=None, metadata={
+        "help": "Tokenizer path or name. Default: the model's, else one trained on the training captions."})
+    tokenizer_vocab_size: int = field(default=1000, metadata={"help": "Vocabulary size of a trained tokenizer."})
+    vision_init: Optional[str] = field(default=None, metadata={
+        "help": "A stage-1 CenterFocusForImageClassification folder whose vision weights initialise the captioner."})
+    text_init: Optional[str] = field(default=None, metadata={
+        "help": "A BERT-style checkpoint folder whose embeddings and layers initialise the text side."})
+    freeze_vision_layers: Optional[int] = field(default=None, metadata={
+        "help": "Freeze the first N image-encoder layers (stem stages, channel pruning, edge compensation, image "
+                "tokenizer, in that order). Default: 3 with --vision_init (the design's stage 2), else 0."})
+    contrastive_loss_weight: Optional[float] = field(default=None, metadata={
+        "help": "Weight of the contrastive image-caption alignment loss."})
+    center_loss_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the centre-quality loss."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the full model."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,out_proj,fc1,fc2", metadata={
+        "help": "Comma-separated module names (or one regex) that get LoRA adapters."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "Merge the adapters into the weights and save a plain model (adapters are saved too)."})
+
+
+@dataclass
+class DataArguments:
+    """Where the image-caption pairs come from."""
+
+    dataset: str = field(metadata={
+        "help": "An image folder (images + metadata.jsonl/csv with file_name and a caption column, optionally in "
+                "train/validation/test sub-folders), or any path or name datasets.load_dataset accepts."})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    caption_column: str = field(default="text", metadata={"help": "Column holding the captions."})
+    prompt_column: Optional[str] = field(default=None, metadata={"help": "Optional column with encoder prompts."})
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: Optional[str] = field(default=None, metadata={
+        "help": "Evaluation split. Default: 'validation' or 'test' when present, else a held-out part of train."})
+    validation_fraction: float = field(default=0.1, metadata={
+        "help": "Fraction of the training split held out when there is no evaluation split."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    max_target_length: int = field(default=32, metadata={"help": "Longest caption in tokens (incl. eos)."})
+    image_size: Optional[int] = field(default=None, metadata={"help": "Image size of a new model (overrides preset)."})
+
+
+def _parse_overrides(text: Optional[str]) -> dict:
+    """`"a=1,b=x,c=2|3"` -> `{"a": 1, "b": "x", "c": (2, 3)}` (JSON values where they parse)."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"--config_overrides item {item!r} is not of the form key=value.")
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in CenterFocusConfig().to_dict():
+            raise ValueError(f"--config_overrides: {key!r} is not a CenterFocusConfig field.")
+        parts = [_json_or_str(v) for v in value.split("|")]
+        overrides[key] = tuple(parts) if "|" in value else parts[0]
+    return overrides
+
+
+def _json_or_str(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def prepare_tokenizer(model_args: ModelArguments, captions: list[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer to train with: given, the model's, BERT's (`--text_init`), or trained on the captions."""
+    source = model_args.tokenizer or model_args.model_name_or_path or model_args.text_init
+    if source is None:
+        logger.info(f"Training a WordPiece tokenizer on {len(captions)} captions.")
+        return train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    # BERT-style tokenizers have [CLS]/[SEP] instead of bos/eos: use them, set once here and saved with the processor
+    if tokenizer.bos_token is None and tokenizer.cls_token is not None:
+        tokenizer.bos_token = tokenizer.cls_token
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token
+    for name in ("pad_token", "bos_token", "eos_token"):
+        if getattr(tokenizer, name) is None:
+            raise ValueError(f"The tokenizer from {source!r} has no {name}; CenterFocus needs pad, bos and eos tokens.")
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    return tokenizer
+
+
+def build_model(model_args: ModelArguments, data_args: DataArguments,
+                tokenizer: PreTrainedTokenizerBase) -> CenterFocusForConditionalGeneration:
+    """Load `--model_name_or_path`, or build a new model from the preset (or the stage-1 vision config)."""
+    if model_args.model_name_or_path:
+        model = CenterFocusForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
+        if len(tokenizer) > model.config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    if model_args.model_size not in MODEL_PRESETS:
+        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_args.model_size!r}.")
+    kwargs = dict(MODEL_PRESETS[model_args.model_size])
+    if model_args.vision_init:
+        kwargs.update(_vision_config_fields(model_args.vision_init))
+    if model_args.text_init:
+        kwargs.update(_text_config_fields(model_args.text_init))
+    if data_args.image_size:
+        kwargs["image_size"] = data_args.image_size
+    kwargs.update(_parse_overrides(model_args.config_overrides))
+    for name in ("contrastive_loss_weight", "center_loss_weight"):
+        if getattr(model_args, name) is not None:
+            kwargs[name] = getattr(model_args, name)
+    kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
+                  max_position_embeddings=max(kwargs.get("max_position_embeddings", 512),
+                                              data_args.max_target_length + 1))
+    model = CenterFocusForConditionalGeneration(CenterFocusConfig(**kwargs))
+    if model_args.vision_init:
+        load_vision_weights(model, model_args.vision_init)
+    if model_args.text_init:
+        load_text_weights(model, model_args.text_init)
+    return model
+
+
+_VISION_FIELDS = ("image_size", "num_channels", "hidden_size", "stem_channels", "stem_kernel_sizes", "stem_strides",
+                  "center_weighting_type", "center_sigmas", "center_sigma_learnable", "center_weighting_floor",
+                  "center_region_size", "channel_pruning_type", "channel_pruning_keep_ratio",
+                  "channel_pruning_reduction", "edge_compensation_type", "edge_precision", "channel_attention_type",
+                  "channel_attention_reduction", "image_tokenizer_type", "image_tokenizer_grid_size",
+                  "foveated_center_size", "foveated_periphery_pool", "position_embedding_type", "layer_norm_eps")
+
+
+def _vision_config_fields(path: str) -> dict:
+    config = CenterFocusConfig.from_pretrained(path)
+    fields = {name: getattr(config, name) for name in _VISION_FIELDS}
+    if fields["hidden_size"] % MODEL_PRESETS["small"]["num_attention_heads"] == 0:
+        fields.setdefault("num_attention_heads", MODEL_PRESETS["small"]["num_attention_heads"])
+    return fields
+
+
+def load_vision_weights(model: CenterFocusForConditionalGeneration, path: str) -> int:
+    """Copy a stage-1 classifier's `vision_stem.*` / `image_tokenizer.*` weights into the captioner's encoder.
+    Returns the number of tensors copied; raises ValueError when a tensor is missing or mismatched."""
+    source = CenterFocusForImageClassification.from_pretrained(path).state_dict()
+    target = model.model.encoder.state_dict()
+    vision = {k: v for k, v in source.items() if k.startswith(("vision_stem.", "image_tokenizer."))}
+    mismatched = [k for k, v in vision.items() if k not in target or target[k].shape != v.shape]
+    missing = [k for k in target if k.startswith(("vision_stem.", "image_tokenizer.")) and k not in vision]
+    if mismatched or missing:
+        raise ValueError(f"--vision_init {path!r} does not match the captioner's vision config: mismatched "
+                         f"{mismatched[:5]}, missing {missing[:5]}.")
+    model.model.encoder.load_state_dict(vision, strict=False)
+    logger.info(f"Loaded {len(vision)} vision tensors from {path}.")
+    return len(vision)
+
+
+def _text_config_fields(path: str) -> dict:
+    from transformers import AutoConfig
+
+    bert = AutoConfig.from_pretrained(path)
+    return dict(hidden_size=bert.hidden_size, num_attention_heads=bert.num_attention_heads,
+                intermediate_size=bert.intermediate_size, hidden_act=bert.hidden_act,
+                encoder_layers=bert.num_hidden_layers, decoder_layers=bert.num_hidden_layers,
+                max_position_embeddings=bert.max_position_embeddings, layer_norm_eps=bert.layer_norm_eps)
+
+
+def load_text_weights(model: CenterFocusForConditionalGeneration, path: str) -> int:
+    """Initialise the text side from a BERT-style checkpoint: word and position embeddings, and every encoder and
+    decoder layer's self-attention, MLP and layer norms from the BERT layer with the same index (cross-attention stays
+    random). BERT is post-norm and CenterFocus pre-norm, so this is an initialisation, not an equivalence.
+    Returns the number of tensors copied."""
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(path).state_dict()
+    prefix = "bert." if any(k.startswith("bert.") for k in bert) else ""
+    targets = {"model.shared.weight": "embeddings.word_embeddings.weight"}
+    for side in ("encoder", "decoder"):
+        targets[f"model.{side}.embed_positions.weight"] = "embeddings.position_embeddings.weight"
+        for i in range(getattr(model.config, f"{side}_layers")):
+            layer, source = f"model.{side}.layers.{i}.", f"encoder.layer.{i}."
+            for ours, theirs in (("self_attn.q_proj", "attention.self.query"), ("self_attn.k_proj", "attention.self.key"),
+                                 ("self_attn.v_proj", "attention.self.value"),
+                                 ("self_attn.out_proj", "attention.output.dense"),
+                                 ("self_attn_layer_norm", "attention.output.LayerNorm"),
+                                 ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
+                                 ("final_layer_norm", "output.LayerNorm")):
+                for kind in ("weight", "bias"):
+                    targets[f"{layer}{ours}.{kind}"] = f"{source}{theirs}.{kind}"
+    state = model.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for ours, theirs in targets.items():
+            tensor = bert.get(prefix + theirs)
+            if tensor is None:
+                raise ValueError(f"--text_init {path!r} has no tensor {prefix + theirs!r}.")
+            if ours.endswith("embed_positions.weight"):
+                tensor = tensor[: state[ours].shape[0]]
+            if state[ours].shape != tensor.shape:
+                raise ValueError(f"--text_init: {prefix + theirs} has shape {tuple(tensor.shape)}, {ours} needs "
+                                 f"{tuple(state[ours].shape)}.")
+            state[ours].copy_(tensor)
+            copied += 1
+    logger.info(f"Initialised {copied} text tensors from {path}.")
+    return copied
+
+
+def freeze_vision_layers(model: CenterFocusForConditionalGeneration, count: int) -> list[str]:
+    """Freeze the first `count` image-encoder layers; returns the names of the frozen parameters."""
+    layers = model.model.encoder.vision_layers()
+    if count > len(layers):
+        raise ValueError(f"--freeze_vision_layers {count}: the model has only {len(layers)} image-encoder layers.")
+    frozen = []
+    for layer in layers[:count]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+    frozen_ids = {id(p) for layer in layers[:count] for p in layer.parameters()}
+    frozen = [name for name, p in model.named_parameters() if id(p) in frozen_ids]
+    logger.info(f"Froze {count} image-encoder layers ({len(frozen)} tensors).")
+    return frozen
+
+
+def apply_lora(model, model_args: ModelArguments, training_args: Seq2SeqTrainingArguments):
+    """Wrap the model with PEFT LoRA adapters (`task_type=None`: PeftModelForSeq2SeqLM assumes text input and its
+    keyword-only generate breaks the image-to-text pipeline)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = model_args.lora_target_modules
+    target_modules = [t.strip() for t in targets.split(",") if t.strip()] if "," in targets or targets.isidentifier() \
+        else targets
+    config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                        target_modules=target_modules, task_type=None)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # hooks the image tokens too, so encoder adapters get gradients
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info(f"LoRA: {trainable:,} trainable of {total:,} parameters.")
+    return peft_model
+
+
+def center_phrase(caption: str) -> Optional[str]:
+    """The phrase before " in the centre" (the built-in data set's caption pattern), or None."""
+    text = " ".join(caption.lower().split())
+    return text.split(" in the centre")[0].strip() if " in the centre" in text else None
+
+
+def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
+    """`compute_metrics` for predict_with_generate: BLEU-4, ROUGE-L, CIDEr-D, exact match, and the centre-phrase
+    exact match when the references follow the built-in data set's pattern."""
+    from .metrics import compute_caption_metrics
+
+    def compute_metrics(eval_prediction) -> dict:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        texts = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+        references = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        metrics = compute_caption_metrics(texts, references)
+        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(texts, references)]))
+        phrases = [center_phrase(r) for r in references]
+        if all(phrases):
+            metrics["center_phrase_exact_match"] = float(np.mean([center_phrase(p) == r
+                                                                  for p, r in zip(texts, phrases)]))
+        return metrics
+
+    return compute_metrics
+
+
+def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_dir: str,
+               model_args: ModelArguments) -> Path:
+    """Write the final model + processor to `output_dir` without ever leaving a half-written model there: everything
+    is written to a temporary folder first, then each file is moved in with an atomic `os.replace`."""
+    output = Path(output_dir)
+    model = trainer.model
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
+    try:
+        if model_args.lora_r > 0:
+            model.save_pretrained(staging / "adapter")  # adapter_model.safetensors + adapter_config.json
+            if model_args.merge_lora:
+                model = model.merge_and_unload()
+            else:
+                model = model.get_base_model()
+                logger.warning("Saving the base model with adapters in adapter/; pass --merge_lora to save merged "
+                               "weights as the main model.")
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        for path in sorted(staging.rglob("*")):
+            target = output / path.relative_to(staging)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments,
+                 training_args: Seq2SeqTrainingArguments) -> dict:
+    """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics."""
+    datasets = load_image_dataset(data_args.dataset, data_args.dataset_config)
+    train_set, eval_set = check_caption_dataset(
+        datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
+        data_args.validation_fraction, training_args.seed, data_args.prompt_column)
+    if data_args.max_train_samples:
+        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+    if data_args.max_eval_samples and eval_set is not None:
+        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+
+    tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]))
+    model = build_model(model_args, data_args, tokenizer)
+    image_size = model.config.image_size
+    image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
+                       if model_args.model_name_or_path else
+                       CenterFocusImageProcessor(size={"height": image_size, "width": image_size}))
+    processor = CenterFocusProcessor(image_processor, tokenizer)
+    freeze = model_args.freeze_vision_layers
+    if freeze is None:
+        freeze = 3 if model_args.vision_init else 0
+    if freeze:
+        freeze_vision_layers(model, min(freeze, len(model.model.encoder.vision_layers())))
+    model.generation_config.max_length = data_args.max_target_length + 1
+    model.generation_config.max_new_tokens = None
+    model.generation_config.num_beams = training_args.generation_num_beams or 1
+    if model_args.lora_r > 0:
+        model = apply_lora(model, model_args, training_args)
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=CaptionCollator(processor, data_args.image_column, data_args.caption_column,
+                                      data_args.prompt_column, data_args.max_target_length),
+        processing_class=tokenizer,
+        compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
+    )
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics.update(result.metrics)
+        if trainer.is_world_process_zero():
+            save_final(trainer, processor, training_args.output_dir, model_args)
+    if training_args.do_eval and eval_set is not None:
+        metrics.update(trainer.evaluate(max_length=data_args.max_target_length + 1))
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", metrics)
+    return metrics
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
+    """Parse command-line arguments with transformers' HfArgumentParser, applying CenterFocus defaults for flags the
+    user did not pass (TensorBoard logging, generation-based evaluation, raw columns kept for the collator)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    defaults = {"--output_dir": "centerfocus-output", "--report_to": "tensorboard", "--predict_with_generate": "true",
+                "--remove_unused_columns": "false", "--do_train": "true", "--do_eval": "true",
+                "--eval_strategy": "epoch", "--save_strategy": "epoch", "--save_total_limit": "2",
+                "--logging_steps": "10", "--dataloader_num_workers": "0", "--save_safetensors": "true"}
+    for flag, value in defaults.items():
+        if flag not in given:
+            argv += [flag, value]
+    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if training_args.remove_unused_columns:
+        raise ValueError("--remove_unused_columns must stay false: the collator reads the raw image/caption columns.")
+    return model_args, data_args, training_args
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, training_args = parse_args(argv)
+    metrics = run_training(model_args, data_args, training_args)
+    logger.info("Metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
