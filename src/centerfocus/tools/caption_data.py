@@ -63,7 +63,7 @@ def load_image_dataset(path_or_name: str, config_name: Optional[str] = None) -> 
             check_image_folder(path)
             return datasets.load_dataset("imagefolder", data_dir=str(path))
         return datasets.load_dataset(str(path), config_name)
-    if path.suffix or "/" in path_or_name and path_or_name.startswith((".", "/")):
+    if path_or_name.startswith((".", "/", "~")):
         raise ValueError(f"Data set path {path_or_name!r} does not exist.")
     return datasets.load_dataset(path_or_name, config_name)
 
