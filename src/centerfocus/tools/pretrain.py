@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
@@ -52,6 +52,7 @@ class ClassificationCollator:
 
 def run_pretraining(args: PretrainArguments, training_args: TrainingArguments) -> dict:
     """Train and save the stage-1 classifier; returns the metrics."""
+    set_seed(training_args.seed)
     data = load_image_dataset(args.dataset)
     if "train" not in data:
         raise ValueError(f"{args.dataset!r} has no 'train' split; splits: {sorted(data)}.")

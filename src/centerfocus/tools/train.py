@@ -22,7 +22,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
@@ -121,9 +123,13 @@ def _json_or_str(value: str):
         return value
 
 
-def prepare_tokenizer(model_args: ModelArguments, captions: list[str]) -> PreTrainedTokenizerBase:
-    """The tokenizer to train with: given, the model's, BERT's (`--text_init`), or trained on the captions."""
-    source = model_args.tokenizer or model_args.model_name_or_path or model_args.text_init
+def prepare_tokenizer(model_args: ModelArguments, captions: list[str],
+                      resume_from_checkpoint: Optional[str] = None) -> PreTrainedTokenizerBase:
+    """The tokenizer to train with: given, the model's, BERT's (`--text_init`), the one saved in the checkpoint a run
+    resumes from, or one built from the captions."""
+    saved = resume_from_checkpoint if resume_from_checkpoint and os.path.isfile(
+        os.path.join(resume_from_checkpoint, "tokenizer_config.json")) else None
+    source = model_args.tokenizer or model_args.model_name_or_path or model_args.text_init or saved
     if source is None:
         logger.info(f"Training a WordPiece tokenizer on {len(captions)} captions.")
         return train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
@@ -348,9 +354,11 @@ def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_
     return output
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments,
-                 training_args: Seq2SeqTrainingArguments) -> dict:
-    """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics."""
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments,
+                 callbacks: Optional[list] = None) -> dict:
+    """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
+    `callbacks` are extra `TrainerCallback`s."""
+    set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
     datasets = load_image_dataset(data_args.dataset, data_args.dataset_config)
     train_set, eval_set = check_caption_dataset(
         datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
@@ -360,7 +368,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     if data_args.max_eval_samples and eval_set is not None:
         eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
 
-    tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]))
+    resume = training_args.resume_from_checkpoint
+    if resume in ("true", "True", True):
+        resume = get_last_checkpoint(training_args.output_dir)
+        training_args.resume_from_checkpoint = resume
+    tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
     model = build_model(model_args, data_args, tokenizer)
     image_size = model.config.image_size
     image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -387,6 +399,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
                                       data_args.prompt_column, data_args.max_target_length),
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
+        callbacks=callbacks,
     )
     metrics = {}
     if training_args.do_train:

@@ -1,0 +1,305 @@
+"""`centerfocus train` end to end on small generated data: metrics, outputs, resume, LoRA, mixed precision,
+multi-process, staged training, bad data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import pipeline
+
+from centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification, CenterFocusProcessor
+from centerfocus.tools import train
+from centerfocus.tools.data import generate_caption_dataset, generate_classification_dataset
+
+from ..fresh_process import run_without_package
+
+
+BASE_ARGS = ["--model_size", "tiny", "--use_cpu", "true", "--per_device_train_batch_size", "8",
+             "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--disable_tqdm", "true",
+             "--seed", "0", "--max_target_length", "16", "--tokenizer_vocab_size", "80"]
+
+
+@pytest.fixture(scope="session")
+def caption_data(tmp_path_factory) -> Path:
+    return generate_caption_dataset(tmp_path_factory.mktemp("data") / "scenes", num_train=48, num_test=8, seed=3)
+
+
+def _train(data, output, *extra) -> dict:
+    return train.main(["--dataset", str(data), "--output_dir", str(output), *BASE_ARGS, *extra])
+
+
+def _losses(output: Path) -> list[float]:
+    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="session")
+def trained_folder(caption_data, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("run") / "captioner"
+    metrics = _train(caption_data, output, "--max_steps", "12", "--eval_strategy", "steps", "--eval_steps", "12",
+                     "--save_strategy", "steps", "--save_steps", "12", "--logging_steps", "2")
+    for key in ("eval_bleu4", "eval_rougeL", "eval_cider", "eval_center_phrase_exact_match"):
+        assert key in metrics, key
+    return output
+
+
+def test_train_saves_a_folder_that_pipelines_caption(trained_folder, caption_data):
+    names = {p.name for p in trained_folder.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "tokenizer.json",
+            "modeling_centerfocus.py", "all_results.json"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    assert any(p.name.startswith("events.") for p in (trained_folder / "runs").rglob("*"))  # TensorBoard logs
+    results = json.loads((trained_folder / "all_results.json").read_text())
+    assert 0.0 <= results["eval_bleu4"] <= 1.0
+    assert _losses(trained_folder)[-1] < _losses(trained_folder)[0]
+
+    image_path = str(sorted((caption_data / "test").glob("*.png"))[0])
+    model = CenterFocusForConditionalGeneration.from_pretrained(trained_folder)
+    processor = CenterFocusProcessor.from_pretrained(trained_folder)
+    from PIL import Image
+
+    expected = processor.batch_decode(model.generate(**processor(images=[Image.open(image_path)])),
+                                      skip_special_tokens=True)[0]
+    assert pipeline("image-to-text", model=str(trained_folder))(image_path)[0]["generated_text"] == expected
+    result = run_without_package(f"""
+        import json
+        from transformers import pipeline
+        captioner = pipeline("image-to-text", model={str(trained_folder)!r}, trust_remote_code=True)
+        print(json.dumps({{"caption": captioner({image_path!r})[0]["generated_text"]}}))
+    """)
+    assert result["caption"] == expected
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from transformers import TrainerCallback
+from centerfocus.tools import train
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == {kill_step}:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final save: like a crash or an OOM kill
+
+train.run_training(*train.parse_args(sys.argv[1:]), callbacks=[KillAfterSave()])
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(caption_data, tmp_path):
+    common = ["--dataset", str(caption_data), *BASE_ARGS, "--max_steps", "8", "--save_strategy", "steps",
+              "--save_steps", "4", "--eval_strategy", "no", "--do_eval", "false", "--save_total_limit", "5",
+              "--lr_scheduler_type", "linear", "--warmup_steps", "2"]
+    reference = tmp_path / "uninterrupted"
+    train.main([*common, "--output_dir", str(reference)])
+
+    interrupted = tmp_path / "interrupted"
+    script = KILL_SCRIPT.format(kill_step=4)
+    result = subprocess.run([sys.executable, "-c", script, *common, "--output_dir", str(interrupted)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert (interrupted / "checkpoint-4").is_dir() and not (interrupted / "model.safetensors").exists()
+    train.main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint",
+                str(interrupted / "checkpoint-4")])
+
+    expected = load_file(reference / "model.safetensors")
+    resumed = load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    initial = load_file(reference / "checkpoint-4" / "model.safetensors")
+    assert any(not torch.equal(initial[k], expected[k]) for k in expected)  # steps 5-8 changed the weights
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lora_trains_only_adapters_and_merges_exactly(caption_data, trained_folder, tmp_path):
+    output = tmp_path / "lora"
+    _train(caption_data, output, "--model_name_or_path", str(trained_folder), "--lora_r", "4", "--max_steps", "4",
+           "--learning_rate", "1e-2", "--gradient_checkpointing", "true", "--merge_lora", "true",
+           "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no")
+    adapter = output / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    adapter_weights = load_file(adapter / "adapter_model.safetensors")
+    assert all("lora_" in name for name in adapter_weights)
+    assert any(".encoder." in n for n in adapter_weights) and any(".decoder." in n for n in adapter_weights)
+    # encoder and decoder adapters both trained (lora_B starts at zero)
+    for side in (".encoder.", ".decoder."):
+        assert any(side in n and "lora_B" in n and t.abs().sum() > 0 for n, t in adapter_weights.items()), side
+
+    from peft import PeftModel
+
+    base = CenterFocusForConditionalGeneration.from_pretrained(trained_folder).eval()
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    merged = CenterFocusForConditionalGeneration.from_pretrained(output).eval()
+    processor = CenterFocusProcessor.from_pretrained(output)
+    images = [Image_open(p) for p in sorted((caption_data / "test").glob("*.png"))[:4]]
+    inputs = processor(images=images)
+    adapter_tokens = with_adapter.generate(**inputs, max_new_tokens=12)
+    assert torch.equal(adapter_tokens, merged.generate(**inputs, max_new_tokens=12))
+    # only adapted weights differ between the merged model and the base
+    changed = {k for k, v in merged.state_dict().items() if not torch.equal(v, original[k])}
+    assert changed and all(k.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+                           for k in changed)
+
+
+def Image_open(path):
+    from PIL import Image
+
+    return Image.open(path)
+
+
+def test_lora_with_reentrant_checkpointing_reaches_encoder_adapters(trained_folder, caption_data):
+    """The stock enable_input_require_grads hooks only the text embedding; the encoder adapters would get none."""
+    from peft import LoraConfig, get_peft_model
+
+    model = CenterFocusForConditionalGeneration.from_pretrained(trained_folder).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.enable_input_require_grads()
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type=None))
+    processor = CenterFocusProcessor.from_pretrained(trained_folder)
+    images = [Image_open(p) for p in sorted((caption_data / "train").glob("*.png"))[:2]]
+    batch = processor(images=images, text_target=["a red circle in the centre", "a blue star in the centre"])
+    peft_model(**batch).loss.backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if "lora_B" in n}
+    for side in (".encoder.", ".decoder."):
+        assert any(side in n and g is not None and g.abs().sum() > 0 for n, g in grads.items()), side
+
+
+def test_bf16_cpu_training_runs_with_falling_loss(caption_data, tmp_path):
+    output = tmp_path / "bf16"
+    _train(caption_data, output, "--bf16", "true", "--max_steps", "12", "--logging_steps", "2",
+           "--save_strategy", "steps", "--save_steps", "12", "--eval_strategy", "no", "--do_eval", "false")
+    losses = _losses(output)
+    assert len(losses) >= 4 and losses[-1] < losses[0]
+    assert np.isfinite(losses).all()
+
+
+def test_two_process_accelerate_launch_trains(caption_data, tmp_path):
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+               "centerfocus.tools.train", "--dataset", str(caption_data), "--output_dir", str(output), *BASE_ARGS,
+               "--max_steps", "8", "--logging_steps", "2", "--save_strategy", "steps", "--save_steps", "8",
+               "--eval_strategy", "no", "--do_eval", "false", "--per_device_train_batch_size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    # 48 examples, 4 per device: 6 steps per epoch only when 2 processes share the data
+    assert state["epoch"] == pytest.approx(8 / 6)
+    losses = _losses(output)
+    assert losses[-1] < losses[0]
+
+
+def test_stage_one_weights_arrive_and_frozen_layers_stay(tmp_path, caption_data):
+    classes = generate_classification_dataset(tmp_path / "classes", num_per_class=6, seed=1)
+    vision = tmp_path / "vision"
+    from centerfocus.tools import pretrain
+
+    pretrain.main(["--dataset", str(classes), "--output_dir", str(vision), "--model_size", "tiny", "--max_steps", "3",
+                   "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none",
+                   "--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"])
+    stage1 = CenterFocusForImageClassification.from_pretrained(vision).state_dict()
+    vision_keys = [k for k in stage1 if k.startswith(("vision_stem.", "image_tokenizer."))]
+
+    # weights arrive bit-identical
+    model_args, data_args, _ = train.parse_args(["--dataset", str(caption_data), "--vision_init", str(vision),
+                                                 "--model_size", "tiny"])
+    tokenizer = train.prepare_tokenizer(model_args, ["a red circle in the centre"])
+    model = train.build_model(model_args, data_args, tokenizer)
+    encoder_state = model.model.encoder.state_dict()
+    for key in vision_keys:
+        assert torch.equal(encoder_state[key], stage1[key]), key
+
+    # stage 2: the first 3 vision layers stay bit-identical, the rest of the model trains
+    output = tmp_path / "stage2"
+    _train(caption_data, output, "--vision_init", str(vision), "--max_steps", "4", "--eval_strategy", "no",
+           "--do_eval", "false", "--save_strategy", "no")
+    trained = load_file(output / "model.safetensors")
+    frozen_prefixes = ("vision_stem.stages.0.", "vision_stem.stages.1.", "vision_stem.channel_pruning.")
+    for key in vision_keys:
+        if key.startswith(frozen_prefixes):
+            assert torch.equal(trained["model.encoder." + key], stage1[key]), key
+    assert not torch.equal(trained["model.encoder.image_tokenizer.proj.weight"], stage1["image_tokenizer.proj.weight"])
+
+
+def test_text_init_copies_bert_weights(tmp_path, tokenizer):
+    from transformers import BertConfig, BertModel
+
+    bert_dir = tmp_path / "bert"
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    model_args, data_args, _ = train.parse_args(["--dataset", "unused", "--text_init", str(bert_dir),
+                                                 "--model_size", "tiny", "--max_target_length", "16"])
+    tok = train.prepare_tokenizer(model_args, [])
+    model = train.build_model(model_args, data_args, tok)
+    state = model.state_dict()
+    bert_state = bert.state_dict()
+    assert torch.equal(state["model.shared.weight"], bert_state["embeddings.word_embeddings.weight"])
+    for side in ("encoder", "decoder"):
+        assert torch.equal(state[f"model.{side}.layers.1.self_attn.q_proj.weight"],
+                           bert_state["encoder.layer.1.attention.self.query.weight"])
+        assert torch.equal(state[f"model.{side}.layers.0.mlp.fc2.bias"], bert_state["encoder.layer.0.output.dense.bias"])
+    assert model.config.hidden_size == 32 and model.config.decoder_layers == 2
+
+
+def _bad_folder(tmp_path, caption_data, mutate) -> Path:
+    import shutil
+
+    folder = tmp_path / "bad"
+    shutil.copytree(caption_data, folder)
+    mutate(folder)
+    return folder
+
+
+def _rewrite_metadata(folder: Path, split: str, edit) -> None:
+    path = folder / split / "metadata.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("\n".join(json.dumps(r) for r in edit(rows)) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: sorted((f / "train").glob("*.png"))[2].unlink(), r"does not exist"),
+        (lambda f: sorted((f / "train").glob("*.png"))[1].write_bytes(b"\x89PNG\r\n\x1a\nbroken"), r"Unreadable image"),
+        (lambda f: _rewrite_metadata(f, "train", lambda rows: [{"file_name": r["file_name"]} for r in rows]),
+         r"no column 'text'"),
+        (lambda f: _rewrite_metadata(f, "train", lambda rows: [{**rows[0], "text": ""}, *rows[1:]]), r"row 0"),
+    ],
+    ids=["missing-image", "corrupt-image", "missing-caption-column", "empty-caption"],
+)
+def test_bad_data_stops_before_training(tmp_path, caption_data, mutate, message):
+    folder = _bad_folder(tmp_path, caption_data, mutate)
+    output = tmp_path / "out"
+    with pytest.raises(ValueError, match=message) as error:
+        _train(folder, output, "--max_steps", "2")
+    assert "png" in str(error.value) or "column" in str(error.value) or "row" in str(error.value)
+    assert not any(output.glob("checkpoint-*"))
+
+
+def test_empty_split_and_missing_split_are_named(tmp_path, caption_data):
+    import datasets
+
+    empty = tmp_path / "empty"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [], "text": []})}).save_to_disk(str(empty))
+    with pytest.raises(ValueError, match="Split 'train' is empty"):
+        _train(empty, tmp_path / "out", "--max_steps", "2")
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        _train(caption_data, tmp_path / "out", "--max_steps", "2", "--eval_split", "validation")
+
+
+def test_config_overrides_are_validated():
+    with pytest.raises(ValueError, match="not a CenterFocusConfig field"):
+        train._parse_overrides("hiden_size=3")
+    assert train._parse_overrides("stem_channels=8|16,image_tokenizer_type=foveated") == {
+        "stem_channels": (8, 16), "image_tokenizer_type": "foveated"}
