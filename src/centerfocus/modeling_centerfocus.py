@@ -1216,8 +1216,6 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
     ```
     """
 
-    base_model_prefix = "vision"
-
     def __init__(self, config: CenterFocusConfig):
         config._validate()
         super().__init__(config)

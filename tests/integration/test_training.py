@@ -3,6 +3,7 @@ multi-process, staged training, bad data."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -179,14 +180,27 @@ def test_bf16_cpu_training_runs_with_falling_loss(caption_data, tmp_path):
     assert np.isfinite(losses).all()
 
 
-def test_two_process_accelerate_launch_trains(caption_data, tmp_path):
+@pytest.mark.parametrize("launcher", ["cpu-mpi", "torchrun"])
+def test_two_process_accelerate_launch_trains(caption_data, tmp_path, launcher):
+    """`accelerate launch --cpu --num_processes 2` starts two processes only through MPI (accelerate 1.15 runs a
+    single process without --mpirun_hostfile); `--multi_gpu` uses torchrun and, with the Trainer's --use_cpu, CPU DDP
+    over gloo. .ci/run installs openmpi-bin so both run in CI."""
     output = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if launcher == "cpu-mpi":
+        if shutil.which("mpirun") is None:
+            pytest.skip("mpirun not installed (apt-get install openmpi-bin)")
+        hostfile = tmp_path / "hostfile"
+        hostfile.write_text("localhost slots=2\n")
+        flags = ["--cpu", "--mpirun_hostfile", str(hostfile)]
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    else:
+        flags = ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
                "centerfocus.tools.train", "--dataset", str(caption_data), "--output_dir", str(output), *BASE_ARGS,
                "--max_steps", "8", "--logging_steps", "2", "--save_strategy", "steps", "--save_steps", "8",
                "--eval_strategy", "no", "--do_eval", "false", "--per_device_train_batch_size", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())
@@ -273,7 +287,7 @@ def _rewrite_metadata(folder: Path, split: str, edit) -> None:
         (lambda f: sorted((f / "train").glob("*.png"))[2].unlink(), r"does not exist"),
         (lambda f: sorted((f / "train").glob("*.png"))[1].write_bytes(b"\x89PNG\r\n\x1a\nbroken"), r"Unreadable image"),
         (lambda f: _rewrite_metadata(f, "train", lambda rows: [{"file_name": r["file_name"]} for r in rows]),
-         r"no column 'text'"),
+         r"no column 'text'"),  # named with the metadata file
         (lambda f: _rewrite_metadata(f, "train", lambda rows: [{**rows[0], "text": ""}, *rows[1:]]), r"row 0"),
     ],
     ids=["missing-image", "corrupt-image", "missing-caption-column", "empty-caption"],
@@ -290,12 +304,19 @@ def test_bad_data_stops_before_training(tmp_path, caption_data, mutate, message)
 def test_empty_split_and_missing_split_are_named(tmp_path, caption_data):
     import datasets
 
-    empty = tmp_path / "empty"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [], "text": []})}).save_to_disk(str(empty))
+    from centerfocus.tools.caption_data import check_caption_dataset
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    empty = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [], "text": []}, features=features)})
     with pytest.raises(ValueError, match="Split 'train' is empty"):
-        _train(empty, tmp_path / "out", "--max_steps", "2")
+        check_caption_dataset(empty, "image", "text")
     with pytest.raises(ValueError, match="no split 'validation'"):
         _train(caption_data, tmp_path / "out", "--max_steps", "2", "--eval_split", "validation")
+    empty_folder = tmp_path / "empty_folder" / "train"
+    empty_folder.mkdir(parents=True)
+    (empty_folder / "metadata.jsonl").write_text("")
+    with pytest.raises(ValueError, match="metadata.jsonl has no rows"):
+        _train(empty_folder.parent, tmp_path / "out", "--max_steps", "2")
 
 
 def test_config_overrides_are_validated():

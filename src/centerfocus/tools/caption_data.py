@@ -36,31 +36,35 @@ def _read_metadata(path: Path) -> list[dict]:
         raise ValueError(f"{path} is not UTF-8 text.") from None
 
 
-def check_image_folder(folder: Path) -> None:
-    """Before `load_dataset("imagefolder")`: every metadata file names existing files in a `file_name` column."""
+def check_image_folder(folder: Path, required_columns: tuple[str, ...] = ()) -> None:
+    """Before `load_dataset("imagefolder")`: every metadata file has `file_name` and the `required_columns`, and
+    names files that exist."""
     metadata_files = [p for name in _METADATA_NAMES for p in folder.rglob(name)]
     for metadata in metadata_files:
         rows = _read_metadata(metadata)
         if not rows:
             raise ValueError(f"{metadata} has no rows.")
-        if "file_name" not in rows[0]:
-            raise ValueError(f"{metadata} has no `file_name` column (columns: {sorted(rows[0])}).")
+        for column in ("file_name", *required_columns):
+            if column not in rows[0]:
+                raise ValueError(f"{metadata} has no column {column!r} (columns: {sorted(rows[0])}). Use "
+                                 "--caption_column / --prompt_column to name the columns.")
         for row in rows:
             image_path = metadata.parent / str(row["file_name"])
             if not image_path.is_file():
                 raise ValueError(f"Image file {image_path} listed in {metadata} does not exist.")
 
 
-def load_image_dataset(path_or_name: str, config_name: Optional[str] = None) -> datasets.DatasetDict:
+def load_image_dataset(path_or_name: str, config_name: Optional[str] = None,
+                       required_columns: tuple[str, ...] = ()) -> datasets.DatasetDict:
     """An image folder (the `imagefolder` convention), a folder saved with `save_to_disk`, or anything
-    `datasets.load_dataset` accepts."""
+    `datasets.load_dataset` accepts. `required_columns` are checked in image-folder metadata before loading."""
     path = Path(path_or_name)
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
         if any(path.rglob("metadata.*")):
-            check_image_folder(path)
+            check_image_folder(path, required_columns)
             return datasets.load_dataset("imagefolder", data_dir=str(path))
         return datasets.load_dataset(str(path), config_name)
     if path_or_name.startswith((".", "/", "~")):

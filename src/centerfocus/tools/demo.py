@@ -108,7 +108,7 @@ def save_caption_picture(path: Path, images, captions, references, weighting: np
 
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = _parser("centerfocus demo")
-    parser.add_argument("--max_steps", type=int, default=800, help="Training steps.")
+    parser.add_argument("--max_steps", type=int, default=2000, help="Training steps.")
     parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     parser.add_argument("--config_overrides", default=DEMO_CONFIG, help="Model config (see centerfocus train).")

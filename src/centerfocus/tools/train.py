@@ -359,7 +359,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
     `callbacks` are extra `TrainerCallback`s."""
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
-    datasets = load_image_dataset(data_args.dataset, data_args.dataset_config)
+    metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
+    datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
     train_set, eval_set = check_caption_dataset(
         datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
         data_args.validation_fraction, training_args.seed, data_args.prompt_column)
