@@ -315,7 +315,7 @@ def test_empty_split_and_missing_split_are_named(tmp_path, caption_data):
     empty_folder = tmp_path / "empty_folder" / "train"
     empty_folder.mkdir(parents=True)
     (empty_folder / "metadata.jsonl").write_text("")
-    with pytest.raises(ValueError, match="metadata.jsonl has no rows"):
+    with pytest.raises(ValueError, match=r"metadata\.jsonl has no rows"):
         _train(empty_folder.parent, tmp_path / "out", "--max_steps", "2")
 
 
