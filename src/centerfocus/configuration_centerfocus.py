@@ -331,9 +331,10 @@ class CenterFocusConfig(PretrainedConfig):
             stride *= s
         _check(self.image_size % stride == 0,
                f"`image_size` ({self.image_size}) must be divisible by the stem's total stride ({stride}).")
-        _check(self.image_tokenizer_grid_size <= self.image_size // stride,
-               f"`image_tokenizer_grid_size` ({self.image_tokenizer_grid_size}) must not exceed the stem's output "
-               f"grid ({self.image_size // stride}).")
+        side = self.image_size // stride
+        _check(self.image_tokenizer_grid_size <= side and side % self.image_tokenizer_grid_size == 0,
+               f"`image_tokenizer_grid_size` ({self.image_tokenizer_grid_size}) must divide the stem's output grid "
+               f"({side} = image_size / total stride): the pooling windows are fixed (exportable) and equal.")
         _check(self.edge_precision == "float32" or self.edge_compensation_type != "none",
                f"`edge_precision`={self.edge_precision!r} needs `edge_compensation_type='conv'` (it sets the dtype "
                "of that branch).")

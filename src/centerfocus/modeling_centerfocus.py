@@ -333,8 +333,12 @@ class CenterFocusChannelPruning(nn.Module):
         """Per-position channel multiplier of shape `(B, c, h, w)`: gate in the centre, gate times a top-k 0/1
         choice in the periphery."""
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))  # (B, c)
-        chosen = gate.topk(self.num_kept, dim=1).indices
-        hard = torch.zeros_like(gate).scatter(1, chosen, 1.0)
+        # equal gate values (e.g. a gate whose hidden units are all inactive gives 0.5 everywhere) would leave the
+        # choice to the backend's top-k; a tiny index-based offset makes lower channel indices win ties everywhere
+        tie_break = torch.arange(gate.shape[1], device=gate.device, dtype=gate.dtype) * 1e-6
+        chosen = (gate - tie_break).topk(self.num_kept, dim=1).indices
+        # tensor updates, not a scalar: a scalar is traced into a constant of the export batch size
+        hard = torch.zeros_like(gate).scatter(1, chosen, torch.ones_like(chosen, dtype=gate.dtype))
         kept = hard + gate - gate.detach()  # value: hard 0/1; gradient: through the gate
         center = center_region_mask(features.shape[-2], features.shape[-1], self.center_region_size, features.device)
         center = center.to(features.dtype)[None, None]  # (1, 1, h, w)
@@ -385,7 +389,7 @@ class CenterFocusStemStage(nn.Module):
 
 class CenterFocusConvStem(nn.Module):
     """Hierarchical centre-weighted CNN (design items 1-3, 5, 10): the stages, channel pruning of the periphery
-    on the last stage, optional edge compensation, then adaptive pooling to the `G x G` token grid."""
+    on the last stage, optional edge compensation, then average pooling to the `G x G` token grid (fixed, equal windows, so it exports to ONNX)."""
 
     def __init__(self, config: CenterFocusConfig):
         super().__init__()
@@ -403,7 +407,8 @@ class CenterFocusConvStem(nn.Module):
         pruned = self.channel_pruning(features)
         if not isinstance(self.edge_compensation, nn.Identity):
             pruned = self.edge_compensation(pruned, features)
-        return F.adaptive_avg_pool2d(pruned, self.grid_size)
+        window = pruned.shape[-1] // self.grid_size  # the config guarantees an exact division
+        return F.avg_pool2d(pruned, kernel_size=window, stride=window)
 
 
 class CenterFocusChannelAttention(nn.Module):
@@ -814,9 +819,11 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)  # (B, S, D)
         batch, length = hidden_states.shape[:2]
         num_image_tokens = self.image_attention_mask.shape[0]
-        full_mask = torch.ones(batch, length, dtype=torch.long, device=hidden_states.device)
+        image_mask = torch.ones(batch, num_image_tokens, dtype=torch.long, device=hidden_states.device)
+        prompt_mask = hidden_states.new_ones(batch, length - num_image_tokens, dtype=torch.long)
         if attention_mask is not None and length > num_image_tokens:
-            full_mask[:, num_image_tokens:] = attention_mask.to(torch.long)
+            prompt_mask = attention_mask.to(torch.long)
+        full_mask = torch.cat([image_mask, prompt_mask], dim=1)  # (B, S)
         structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, length - num_image_tokens,
                                            CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
         mask = combine_masks(structure, full_mask)  # (B, 1, S, S)

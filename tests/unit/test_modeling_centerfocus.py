@@ -144,10 +144,21 @@ def test_periphery_keeps_exactly_the_configured_fraction_of_channels():
     # the kept channels are the top-k of the gate, computed independently
     gate = torch.sigmoid(pruning.fc2(F.relu(pruning.fc1(features.mean(dim=(2, 3))))))
     expected = torch.zeros_like(gate).scatter(1, gate.topk(4, dim=1).indices, 1.0).bool()
+    assert (gate.sort(dim=1, descending=True).values[:, 3:5].diff(dim=1).abs() > 1e-5).all()  # no near-ties here
     corner = multiplier[:, :, 0, 0] != 0
     assert torch.equal(corner, expected)
     # deterministic at inference
     assert torch.equal(pruning(features), output)
+
+
+def test_channel_pruning_breaks_ties_by_channel_index():
+    pruning = modeling.CenterFocusChannelPruning(channels=8, keep_ratio=0.5, reduction=2, center_region_size=0.5)
+    with torch.no_grad():
+        for layer in (pruning.fc1, pruning.fc2):
+            layer.weight.zero_()
+            layer.bias.zero_()  # every gate value is exactly sigmoid(0) = 0.5
+    corner = pruning.channel_mask(torch.rand(2, 8, 6, 6))[:, :, 0, 0] != 0
+    assert corner.tolist() == [[True] * 4 + [False] * 4] * 2
 
 
 def test_channel_pruning_is_straight_through_in_training():

@@ -42,7 +42,7 @@ MODEL_PRESETS = {
                  image_size=64, stem_channels=(16, 32), stem_kernel_sizes=(5, 3), image_tokenizer_grid_size=8,
                  foveated_center_size=4, local_attention_window=1, max_position_embeddings=128),
     "small": dict(hidden_size=256, num_attention_heads=4, encoder_layers=3, decoder_layers=3, intermediate_size=1024,
-                  image_size=128, stem_channels=(32, 64), image_tokenizer_grid_size=14, max_position_embeddings=256),
+                  image_size=112, stem_channels=(32, 64), image_tokenizer_grid_size=14, max_position_embeddings=256),
     "base": {},
 }
 
