@@ -84,7 +84,7 @@ def build_tiny_model(tokenizer, seed: int = 0, **overrides) -> CenterFocusForCon
     config = CenterFocusConfig(**tiny_config_kwargs(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
-        initializer_range=1.0, **overrides))
+        **{"initializer_range": 1.0, **overrides}))
     model = CenterFocusForConditionalGeneration(config).eval()
     # a saved max_length (not max_new_tokens) is what the 4.57 image-to-text pipeline honours over its 256 default
     model.generation_config.max_length = 9

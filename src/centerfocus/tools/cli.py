@@ -9,7 +9,11 @@ COMMANDS = {
     "pretrain-vision": ("centerfocus.tools.pretrain", "Stage 1: train the CNN as an image classifier."),
     "demo": ("centerfocus.tools.demo", "Generate the built-in data set, train, evaluate, draw captions."),
     "generate-data": ("centerfocus.tools.demo", "Write the built-in synthetic data set as an image folder."),
+    "export": ("centerfocus.tools.export", "Export to ONNX with Optimum (optimise, INT8, TensorRT check)."),
+    "caption": ("centerfocus.tools.export", "Caption images with ONNX Runtime or PyTorch."),
+    "sparsify": ("centerfocus.tools.sparsity", "2:4-prune the image branch (optionally fine-tune), report quality."),
 }
+ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
 
 
 def _usage() -> str:
@@ -30,7 +34,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
-    entry = module.generate_data_main if command == "generate-data" else module.main
+    entry = getattr(module, ENTRY_POINTS.get(command, "main"))
     entry(rest)
     return 0
 

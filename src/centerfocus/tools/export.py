@@ -202,7 +202,8 @@ def _copy_support_files(model_dir: Path, output: Path) -> None:
 def optimize_onnx(folder: Path, level: str) -> list[Path]:
     """Offline graph optimisation with ONNX Runtime (`O1` basic, `O2` extended, `O3` all) of every ONNX file in
     `folder`, in place. Optimum's ORTOptimizer only knows its built-in model types, so the runtime's own optimiser is
-    used; the optimised graphs stay portable ONNX (no execution-provider-specific kernels at O1/O2)."""
+    used. O1 keeps standard ONNX operators; O2/O3 add ONNX Runtime contrib operators (fused attention, GELU, layer
+    norm), so those graphs run on ONNX Runtime only."""
     import onnxruntime as ort
 
     levels = {"O1": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "O2": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -256,12 +257,14 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
     main_export(str(model_path), str(output), task=task, opset=opset, trust_remote_code=True, _variant=variant,
                 do_validation=validate, no_post_process=not merge, library_name="transformers")
     _copy_support_files(model_path, output)
-    if optimize:
-        optimize_onnx(output, optimize)
-    if quantize:
+    if quantize:  # from the plain export: the quantizer's shape inference does not know optimised (fused) graphs
         if quantize != "int8":
             raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
         quantize_int8(output, output / "int8")
+    if optimize:
+        optimize_onnx(output, optimize)
+        if quantize:
+            optimize_onnx(output / "int8", optimize)
     return output
 
 
@@ -276,3 +279,221 @@ def load_ort_model(onnx_dir: str, provider: str = "CPUExecutionProvider", provid
     else:
         kwargs.update(provider=provider, provider_options=provider_options)
     return CenterFocusORTModelForVision2Seq.from_pretrained(onnx_dir, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TensorRT readiness (checked without a GPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+TENSORRT_OPERATORS_FILE = Path(__file__).with_name("tensorrt_onnx_operators.txt")
+
+
+def tensorrt_supported_operators() -> set[str]:
+    """The ONNX operators the TensorRT ONNX parser supports (list and source in `tensorrt_onnx_operators.txt`)."""
+    lines = TENSORRT_OPERATORS_FILE.read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def _iter_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs] if attribute.type in (5, 10) else []:
+                yield from _iter_nodes(subgraph)
+
+
+def graph_operators(path: Path) -> set[str]:
+    """Every operator type in an ONNX file, including the branches of `If` nodes (the merged decoder)."""
+    import onnx
+
+    return {node.op_type for node in _iter_nodes(onnx.load(str(path), load_external_data=False).graph)}
+
+
+def tensorrt_report(folder: Path) -> dict:
+    """Per ONNX file: operators, the ones TensorRT's parser does not support, TopK nodes whose K is not a constant
+    below 3840, and inputs other than batch/sequence axes that are dynamic (TensorRT wants image dims static)."""
+    import onnx
+    from onnx import numpy_helper
+
+    supported = tensorrt_supported_operators()
+    report = {}
+    for path in sorted(Path(folder).glob("*.onnx")):
+        model = onnx.load(str(path), load_external_data=False)
+        constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        for node in _iter_nodes(model.graph):
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].type == 4:
+                constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        operators = {node.op_type for node in _iter_nodes(model.graph)}
+        bad_topk = [node.name for node in _iter_nodes(model.graph) if node.op_type == "TopK" and not (
+            node.input[1] in constants and int(constants[node.input[1]].reshape(-1)[0]) < 3840)]
+        dynamic_image_dims = []
+        for graph_input in model.graph.input:
+            if graph_input.name == "pixel_values":
+                dims = graph_input.type.tensor_type.shape.dim
+                dynamic_image_dims = [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
+        report[path.name] = {"operators": sorted(operators), "unsupported": sorted(operators - supported),
+                             "topk_without_constant_k": bad_topk, "dynamic_image_dims": dynamic_image_dims}
+    return report
+
+
+def tensorrt_profiles(config: CenterFocusConfig, max_batch: int = 8, max_prompt: int = 32,
+                      max_caption: int = 64, variant: str = "image") -> dict[str, dict[str, str]]:
+    """Shape profiles for the ONNX Runtime TensorRT execution provider (`trt_profile_min/opt/max_shapes`), one set
+    per ONNX file. Decoder key/value inputs follow `past_key_values.{i}.{decoder,encoder}.{key,value}`."""
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    n, size, channels = config.num_image_tokens, config.image_size, config.num_channels
+    prompt = variant == "prompt"
+    enc_min, enc_max = n + (1 if prompt else 0), n + (max_prompt if prompt else 0)
+    enc_opt = n + (8 if prompt else 0)
+
+    def shapes(batch: int, past: int, encoder: int, prompt_len: int, step: int, with_past: bool) -> dict[str, str]:
+        values = {"pixel_values": f"{batch}x{channels}x{size}x{size}"}
+        if prompt:
+            values.update(input_ids=f"{batch}x{prompt_len}", attention_mask=f"{batch}x{prompt_len}",
+                          encoder_attention_mask=f"{batch}x{encoder}")
+        values.update(encoder_hidden_states=f"{batch}x{encoder}x{config.hidden_size}")
+        if with_past:
+            for i in range(config.decoder_layers):
+                for kind in ("key", "value"):
+                    values[f"past_key_values.{i}.decoder.{kind}"] = f"{batch}x{heads}x{past}x{head_dim}"
+                    values[f"past_key_values.{i}.encoder.{kind}"] = f"{batch}x{heads}x{encoder}x{head_dim}"
+        values["decoder_input_ids"] = f"{batch}x{step}"
+        return values
+
+    def profile(names: set[str], with_past: bool) -> dict[str, str]:
+        low = shapes(1, 1, enc_min, 1, 1, with_past)
+        mid = shapes(max(1, max_batch // 2), max_caption // 2, enc_opt, 8, 1, with_past)
+        high = shapes(max_batch, max_caption, enc_max, max_prompt, 1 if with_past else max_caption, with_past)
+        if not with_past:
+            low["decoder_input_ids"], mid["decoder_input_ids"] = "1x1", f"{max(1, max_batch // 2)}x8"
+
+        def render(values):
+            # the decoder ONNX input is called input_ids; the encoder's prompt input_ids are distinct only by file
+            renamed = {("input_ids" if k == "decoder_input_ids" else k): v for k, v in values.items()
+                       if (k in names) or (k == "decoder_input_ids" and "input_ids" in names)}
+            return ",".join(f"{k}:{v}" for k, v in renamed.items())
+
+        return {"trt_profile_min_shapes": render(low), "trt_profile_opt_shapes": render(mid),
+                "trt_profile_max_shapes": render(high)}
+
+    encoder_names = {"pixel_values", *({"input_ids", "attention_mask"} if prompt else set())}
+    decoder_names = {"input_ids", "encoder_hidden_states", *({"encoder_attention_mask"} if prompt else set())}
+    # the with-past decoder reads cross-attention keys/values from the cache, not encoder_hidden_states
+    past_names = (decoder_names - {"encoder_hidden_states"}) | {f"past_key_values.{i}.{side}.{kind}" for i in range(config.decoder_layers)
+                                  for side in ("decoder", "encoder") for kind in ("key", "value")}
+    return {"encoder_model.onnx": profile(encoder_names, False), "decoder_model.onnx": profile(decoder_names, False),
+            "decoder_with_past_model.onnx": profile(past_names, True)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def export_main(argv: Optional[list[str]] = None) -> Path:
+    """`centerfocus export MODEL_DIR OUT_DIR [--task ...] [--variant image|prompt] [--optimize O1|O2|O3]
+    [--quantize int8] [--tensorrt] [--no-merge] [--opset 17]`."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="centerfocus export", description=export_main.__doc__)
+    parser.add_argument("model_dir")
+    parser.add_argument("output_dir")
+    parser.add_argument("--task", default="image-to-text-with-past", choices=TASKS)
+    parser.add_argument("--variant", default="image", choices=sorted(CenterFocusOnnxConfig.VARIANTS))
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--optimize", choices=["O1", "O2", "O3"], help="ONNX Runtime graph optimisation level.")
+    parser.add_argument("--quantize", choices=["int8"], help="Also write an INT8 dynamically quantized copy to int8/.")
+    parser.add_argument("--tensorrt", action="store_true",
+                        help="Check TensorRT readiness (operators, static image dims) and write tensorrt_profiles.json.")
+    parser.add_argument("--no-merge", action="store_true", help="Skip the merged decoder (decoder_model_merged.onnx).")
+    parser.add_argument("--no-validate", action="store_true", help="Skip Optimum's output validation.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.tensorrt and args.optimize in ("O2", "O3"):
+        parser.error(f"--optimize {args.optimize} fuses nodes into ONNX Runtime contrib operators that TensorRT cannot "
+                     "parse (TensorRT fuses on its own); use --optimize O1 or none with --tensorrt.")
+    output = export_onnx(args.model_dir, args.output_dir, task=args.task, variant=args.variant, opset=args.opset,
+                         optimize=args.optimize, quantize=args.quantize, validate=not args.no_validate,
+                         merge=not args.no_merge)
+    if args.tensorrt:
+        report = tensorrt_report(output)
+        problems = {name: r for name, r in report.items()
+                    if r["unsupported"] or r["topk_without_constant_k"] or r["dynamic_image_dims"]}
+        config = CenterFocusConfig.from_pretrained(args.model_dir)
+        (output / "tensorrt_profiles.json").write_text(json.dumps(tensorrt_profiles(config, variant=args.variant),
+                                                                  indent=2))
+        if problems:
+            raise SystemExit(f"Not TensorRT-ready: {json.dumps(problems, indent=2)}")
+        print(f"TensorRT check passed for {sorted(report)}; shape profiles in {output / 'tensorrt_profiles.json'}")
+    print(f"Exported to {output}")
+    return output
+
+
+def caption_main(argv: Optional[list[str]] = None) -> list[str]:
+    """`centerfocus caption (--onnx DIR | --model DIR) IMAGE... [--provider ...] [--prompt TEXT] [--num_beams N]
+    [--trt_fp16] [--trt_engine_cache DIR]`: print one caption per image."""
+    import argparse
+    import json
+
+    from PIL import Image
+
+    from ..processing_centerfocus import CenterFocusProcessor
+
+    parser = argparse.ArgumentParser(prog="centerfocus caption", description=caption_main.__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", help="An exported folder (centerfocus export).")
+    source.add_argument("--model", help="A saved PyTorch model folder.")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--provider", default="CPUExecutionProvider",
+                        choices=["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
+    parser.add_argument("--prompt", help="Encoder prompt (needs a --variant prompt export for --onnx).")
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=None)
+    parser.add_argument("--trt_fp16", action="store_true", help="TensorRT: build fp16 engines.")
+    parser.add_argument("--trt_engine_cache", help="TensorRT: engine and timing cache folder.")
+    parser.add_argument("--trt_profiles", action="store_true",
+                        help="TensorRT: use the shape profiles written by `centerfocus export --tensorrt`.")
+    args = parser.parse_args(argv)
+    folder = args.onnx or args.model
+    processor = CenterFocusProcessor.from_pretrained(folder)
+    if args.onnx:
+        options = {}
+        if args.provider == "TensorrtExecutionProvider":
+            if args.trt_fp16:
+                options["trt_fp16_enable"] = "True"
+            if args.trt_engine_cache:
+                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=args.trt_engine_cache,
+                               trt_timing_cache_enable="True")
+        model = load_ort_model(args.onnx, provider=args.provider, provider_options=options or None,
+                               use_merged=False if args.provider == "TensorrtExecutionProvider" else None)
+        if args.trt_profiles:
+            logger.info("Shape profiles are per ONNX file; see tensorrt_profiles.json for trtexec / per-session use.")
+    else:
+        from ..modeling_centerfocus import CenterFocusForConditionalGeneration
+
+        model = CenterFocusForConditionalGeneration.from_pretrained(folder).eval()
+    images = []
+    for path in args.images:
+        try:
+            images.append(Image.open(path))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"Cannot read image {path}: {error}") from None
+    inputs = processor(images=images, text=[args.prompt] * len(images) if args.prompt else None)
+    kwargs = {"num_beams": args.num_beams}
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    with torch.inference_mode():
+        captions = processor.batch_decode(model.generate(**inputs, **kwargs), skip_special_tokens=True)
+    for path, caption in zip(args.images, captions):
+        print(json.dumps({"image": path, "caption": caption.strip()}))
+    return captions
+
+
+def optimum_cli_main() -> None:
+    """`centerfocus-optimum-cli ...`: `optimum-cli` with CenterFocus registered (the plain CLI has no plugin hook
+    for new model types), e.g. `centerfocus-optimum-cli export onnx --model DIR --task image-to-text-with-past
+    --trust-remote-code OUT`."""
+    from optimum.commands.optimum_cli import main
+
+    main()

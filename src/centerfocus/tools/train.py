@@ -355,9 +355,10 @@ def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments,
-                 callbacks: Optional[list] = None) -> dict:
+                 callbacks: Optional[list] = None,
+                 model: Optional[CenterFocusForConditionalGeneration] = None) -> dict:
     """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
-    `callbacks` are extra `TrainerCallback`s."""
+    `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build."""
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
     metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
     datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
@@ -374,7 +375,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         resume = get_last_checkpoint(training_args.output_dir)
         training_args.resume_from_checkpoint = resume
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
-    model = build_model(model_args, data_args, tokenizer)
+    model = model if model is not None else build_model(model_args, data_args, tokenizer)
     image_size = model.config.image_size
     image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
                        if model_args.model_name_or_path else

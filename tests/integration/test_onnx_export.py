@@ -1,0 +1,214 @@
+"""Optimum ONNX export and ONNX Runtime generation against the PyTorch model, TensorRT readiness, INT8, 2:4."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
+from centerfocus.tools import export, sparsity
+from centerfocus.tools.data import generate_caption_dataset
+
+from ..fresh_process import run_without_package
+
+
+PROMPTS = ["describe the image", "a red", "what is in the centre", "a"]
+
+
+@pytest.fixture(scope="module")
+def exports(saved_folder, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    return {variant: export.export_onnx(str(saved_folder), str(root / variant), variant=variant)
+            for variant in ("image", "prompt")}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_processor, images):
+    return {"image": tiny_processor(images=images), "prompt": tiny_processor(images=images, text=PROMPTS)}
+
+
+def test_export_writes_every_graph_and_the_support_files(exports):
+    for folder in exports.values():
+        names = {p.name for p in folder.iterdir()}
+        assert set(export.ONNX_FILES) <= names
+        assert {"config.json", "configuration_centerfocus.py", "preprocessor_config.json", "tokenizer.json",
+                "generation_config.json"} <= names
+    encoder = onnx.load(str(exports["prompt"] / "encoder_model.onnx"))
+    assert [i.name for i in encoder.graph.input] == ["pixel_values", "input_ids", "attention_mask"]
+    decoder = onnx.load(str(exports["prompt"] / "decoder_model_merged.onnx"))
+    assert "encoder_attention_mask" in [i.name for i in decoder.graph.input]
+    assert encoder.opset_import[0].version == 17
+
+
+@pytest.mark.parametrize("variant", ["image", "prompt"])
+@pytest.mark.parametrize("use_merged", [True, False], ids=["merged", "unmerged"])
+@pytest.mark.parametrize("mode", [{}, {"num_beams": 3, "num_return_sequences": 2}], ids=["greedy", "beam3x2"])
+def test_onnx_runtime_generate_matches_pytorch(tiny_model, exports, inputs, variant, use_merged, mode):
+    ort_model = export.load_ort_model(str(exports[variant]), use_merged=use_merged)
+    assert ort_model.decoder.is_merged == use_merged
+    batch = inputs[variant]
+    expected = tiny_model.generate(**batch, max_new_tokens=8, **mode)
+    assert torch.equal(ort_model.generate(**batch, max_new_tokens=8, **mode), expected)
+    assert len({tuple(r.tolist()) for r in expected}) > 1
+
+
+@pytest.mark.parametrize("variant", ["image", "prompt"])
+def test_fp32_logits_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_path, variant):
+    """Absolute 1e-4 on a model with the default initialisation (logits of order 1), at the first step (no past)
+    and at every cached step."""
+    from ..conftest import build_tiny_model
+
+    model = build_tiny_model(tokenizer, initializer_range=0.02)
+    model.save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    ort_model = export.load_ort_model(str(export.export_onnx(str(tmp_path / "model"), str(tmp_path / "onnx"),
+                                                             variant=variant)))
+    batch = inputs[variant]
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "output_scores": True, "return_dict_in_generate": True}
+    torch_scores = model.generate(**batch, **kwargs).scores
+    ort_scores = ort_model.generate(**batch, **kwargs).scores
+    assert len(torch_scores) == len(ort_scores) == 6
+    for expected, actual in zip(torch_scores, ort_scores):
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(actual))
+        assert (expected[finite] - actual[finite]).abs().max() < 1e-4
+
+
+def test_prompt_and_variant_mismatches_are_refused(exports, inputs):
+    with pytest.raises(ValueError, match="variant prompt"):
+        export.load_ort_model(str(exports["prompt"])).generate(pixel_values=inputs["image"]["pixel_values"])
+    with pytest.raises(ValueError, match="variant image"):
+        export.load_ort_model(str(exports["image"])).generate(**inputs["prompt"])
+
+
+def test_exported_folder_captions_in_a_fresh_process(exports, tiny_model, tiny_processor, images, saved_folder):
+    paths = []
+    for i, image in enumerate(images[:2]):
+        path = saved_folder.parent / f"onnx_image_{i}.png"
+        image.save(path)
+        paths.append(str(path))
+    expected = tiny_processor.batch_decode(tiny_model.generate(**tiny_processor(images=images[:2])),
+                                           skip_special_tokens=True)
+    result = run_without_package(f"""
+        import json
+        from optimum.onnxruntime import ORTModelForVision2Seq
+        from transformers import AutoImageProcessor, AutoTokenizer, pipeline
+        folder = {str(exports["image"])!r}
+        model = ORTModelForVision2Seq.from_pretrained(folder, trust_remote_code=True)
+        captioner = pipeline("image-to-text", model=model, tokenizer=AutoTokenizer.from_pretrained(folder),
+                             image_processor=AutoImageProcessor.from_pretrained(folder, trust_remote_code=True))
+        print(json.dumps({{"captions": [captioner(p)[0]["generated_text"] for p in {paths!r}],
+                          "config": type(model.config).__module__}}))
+    """)
+    assert result["config"].startswith("transformers_modules.")
+    assert result["captions"] == expected
+
+
+def test_every_operator_is_supported_by_the_tensorrt_parser(exports):
+    supported = export.tensorrt_supported_operators()
+    assert "onnx-tensorrt" in export.TENSORRT_OPERATORS_FILE.read_text()  # the list names its source
+    assert {"MatMul", "Softmax", "TopK", "If"} <= supported and "Unique" not in supported
+    for folder in exports.values():
+        report = export.tensorrt_report(folder)
+        assert set(report) == set(export.ONNX_FILES)
+        for name, entry in report.items():
+            operators = export.graph_operators(folder / name)
+            assert operators == set(entry["operators"])
+            assert operators <= supported, (name, operators - supported)
+            assert entry["topk_without_constant_k"] == []
+            assert entry["dynamic_image_dims"] == []
+    assert "If" in report["decoder_model_merged.onnx"]["operators"]  # the If branches were walked too
+
+
+def test_tensorrt_report_flags_unsupported_operators(tmp_path):
+    node = onnx.helper.make_node("Unique", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "bad.onnx"))
+    assert export.tensorrt_report(tmp_path)["bad.onnx"]["unsupported"] == ["Unique"]
+
+
+def test_tensorrt_profiles_name_real_inputs(exports, tiny_model):
+    profiles = export.tensorrt_profiles(tiny_model.config, variant="prompt")
+    for file_name, profile in profiles.items():
+        graph_inputs = {i.name for i in onnx.load(str(exports["prompt"] / file_name)).graph.input}
+        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+            named = {item.split(":")[0] for item in profile[key].split(",")}
+            assert named == graph_inputs, (file_name, key)
+
+
+def test_int8_quantization_writes_a_loadable_quantized_model(exports, tmp_path, inputs):
+    int8 = export.quantize_int8(exports["image"], tmp_path / "int8")
+    operators = export.graph_operators(int8 / "decoder_model.onnx")
+    assert "DynamicQuantizeLinear" in operators and ("MatMulInteger" in operators or "ConvInteger" in operators)
+    model = export.load_ort_model(str(int8))
+    output = model.generate(**inputs["image"], max_new_tokens=6)
+    assert output.shape[0] == inputs["image"]["pixel_values"].shape[0]
+
+
+def test_optimum_cli_wrapper_exports_with_a_merged_decoder(saved_folder, tmp_path):
+    output = tmp_path / "cli"
+    result = subprocess.run([sys.executable, "-c", "from centerfocus.tools.export import optimum_cli_main; "
+                             "optimum_cli_main()", "export", "onnx", "--model", str(saved_folder), "--task",
+                             "image-to-text-with-past", "--trust-remote-code", str(output)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output / "decoder_model_merged.onnx").is_file()
+
+
+def _initializer_arrays(path: Path) -> list[np.ndarray]:
+    return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer]
+
+
+def test_2_4_pattern_survives_fine_tuning_save_and_export(tmp_path, tokenizer):
+    from ..conftest import build_tiny_model
+
+    model = build_tiny_model(tokenizer)
+    processor = CenterFocusProcessor.from_pretrained  # noqa: F841  (processor comes from the folder below)
+    masks = sparsity.prune_image_branch_2_4(model)
+    names = set(masks)
+    assert any("vision_stem.stages.1.conv" in n for n in names) and any("image_tokenizer.proj" in n for n in names)
+    parameters = dict(model.named_parameters())
+    for name in names:
+        weight = parameters[name]
+        assert sparsity.is_2_4_sparse(weight)
+        assert (weight != 0).sum() == weight.numel() // 2  # exactly 2 of 4 kept (dense weights have no zeros)
+    assert not sparsity.is_2_4_sparse(torch.ones(4, 8))
+
+    # a fine-tune through the Trainer keeps the pattern (the callback re-applies the masks)
+    data = generate_caption_dataset(tmp_path / "data", num_train=16, num_test=4, image_size=32, seed=2)
+    folder = tmp_path / "sparse"
+    model.save_pretrained(folder)
+    CenterFocusProcessor(__import__("centerfocus").CenterFocusImageProcessor(size={"height": 32, "width": 32}),
+                         tokenizer).save_pretrained(folder)
+    result = subprocess.run([sys.executable, "-m", "centerfocus.tools.cli", "sparsify", str(folder),
+                             str(tmp_path / "tuned"), "--dataset", str(data), "--finetune_steps", "3",
+                             "--learning_rate", "1e-2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "tuned" / "sparsity_report.json").read_text())
+    assert report["all_2_4"] and {"dense", "pruned", "pruned_finetuned"} <= set(report)
+    tuned = CenterFocusForConditionalGeneration.from_pretrained(tmp_path / "tuned")
+    tuned_parameters = dict(tuned.named_parameters())
+    changed = False
+    for name in names:
+        assert sparsity.is_2_4_sparse(tuned_parameters[name]), name
+        changed |= not torch.equal(tuned_parameters[name], parameters[name])
+    assert changed  # the fine-tune did update the pruned layers
+
+    # the exported encoder holds the same 2:4 weights (Linear weights may be stored transposed for MatMul)
+    onnx_dir = export.export_onnx(str(tmp_path / "tuned"), str(tmp_path / "tuned_onnx"), merge=False)
+    arrays = _initializer_arrays(onnx_dir / "encoder_model.onnx")
+    for name in names:
+        weight = tuned_parameters[name].detach().numpy()
+        matches = [a for a in arrays if (a.shape == weight.shape and np.array_equal(a, weight))
+                   or (weight.ndim == 2 and a.shape == weight.T.shape and np.array_equal(a, weight.T))]
+        assert matches, name
+        for array in matches:
+            restored = torch.from_numpy(array.T.copy() if array.shape != weight.shape else array.copy())
+            assert sparsity.is_2_4_sparse(restored), name
