@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
+from centerfocus import CenterFocusForConditionalGeneration, CenterFocusImageProcessor, CenterFocusProcessor
 from centerfocus.tools import export, sparsity
 from centerfocus.tools.data import generate_caption_dataset
 
@@ -170,7 +170,6 @@ def test_2_4_pattern_survives_fine_tuning_save_and_export(tmp_path, tokenizer):
     from ..conftest import build_tiny_model
 
     model = build_tiny_model(tokenizer)
-    processor = CenterFocusProcessor.from_pretrained  # noqa: F841  (processor comes from the folder below)
     masks = sparsity.prune_image_branch_2_4(model)
     names = set(masks)
     assert any("vision_stem.stages.1.conv" in n for n in names) and any("image_tokenizer.proj" in n for n in names)
@@ -185,8 +184,7 @@ def test_2_4_pattern_survives_fine_tuning_save_and_export(tmp_path, tokenizer):
     data = generate_caption_dataset(tmp_path / "data", num_train=16, num_test=4, image_size=32, seed=2)
     folder = tmp_path / "sparse"
     model.save_pretrained(folder)
-    CenterFocusProcessor(__import__("centerfocus").CenterFocusImageProcessor(size={"height": 32, "width": 32}),
-                         tokenizer).save_pretrained(folder)
+    CenterFocusProcessor(CenterFocusImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
     result = subprocess.run([sys.executable, "-m", "centerfocus.tools.cli", "sparsify", str(folder),
                              str(tmp_path / "tuned"), "--dataset", str(data), "--finetune_steps", "3",
                              "--learning_rate", "1e-2"], capture_output=True, text=True, timeout=600)

@@ -1,0 +1,133 @@
+"""ONNX Runtime (fp32 and INT8) against PyTorch generate() latency on CPU, batch 1 and 8, measured side by side in
+one process, plus the caption agreement of INT8 with fp32.
+
+    python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --out docs/onnx_latency.json
+    python benchmarks/onnx_latency.py --size base   # the design-size model (768 wide, 6+6 layers), random weights
+
+Every figure is the median of `--repeats` timed runs after one warm-up; ratios are ORT time / PyTorch time.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from centerfocus import (
+    CenterFocusConfig,
+    CenterFocusForConditionalGeneration,
+    CenterFocusImageProcessor,
+    CenterFocusProcessor,
+)
+from centerfocus.tools.export import export_onnx, load_ort_model
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()  # warm-up (also builds ORT's kernels)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_model_folder(size: str, folder: Path) -> Path:
+    from centerfocus.tools.tokenizer import train_caption_tokenizer
+
+    tokenizer = train_caption_tokenizer(["a red circle in the centre with a small blue square at the top left"] * 4)
+    kwargs = {} if size == "base" else {"hidden_size": 256, "num_attention_heads": 4, "encoder_layers": 3,
+                                        "decoder_layers": 3, "intermediate_size": 1024, "image_size": 112,
+                                        "stem_channels": (32, 64)}
+    config = CenterFocusConfig(vocab_size=len(tokenizer), **kwargs)
+    torch.manual_seed(0)
+    CenterFocusForConditionalGeneration(config).save_pretrained(folder)
+    size_px = config.image_size
+    CenterFocusProcessor(CenterFocusImageProcessor(size={"height": size_px, "width": size_px}),
+                         tokenizer).save_pretrained(folder)
+    return folder
+
+
+def load_images(data: Path | None, count: int, size: int) -> list:
+    from PIL import Image
+
+    if data is not None:
+        paths = sorted((data / "test").glob("*.png"))[:count]
+        return [Image.open(p).convert("RGB") for p in paths]
+    import numpy as np
+
+    from centerfocus.tools.data import make_scene
+
+    rng = np.random.default_rng(0)
+    return [make_scene(rng, image_size=size).image for _ in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="A trained CenterFocus folder (default: a random model).")
+    parser.add_argument("--size", choices=["small", "base"], default="small", help="Random model size.")
+    parser.add_argument("--data", type=Path, help="Image folder with a test/ split for caption agreement.")
+    parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per caption (forced).")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--agreement_images", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(tempfile.mkdtemp(prefix="cf-bench-"))
+    model_dir = args.model or random_model_folder(args.size, work / "model")
+    onnx_dir = export_onnx(str(model_dir), str(work / "onnx"), quantize="int8", validate=False)
+    model = CenterFocusForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = CenterFocusProcessor.from_pretrained(model_dir)
+    fp32 = load_ort_model(str(onnx_dir))
+    int8 = load_ort_model(str(onnx_dir / "int8"))
+    size = model.config.image_size
+    images = load_images(args.data, max(8, args.agreement_images), size)
+    forced = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}  # equal work for every backend
+    results = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
+               "model": {"path": str(args.model) if args.model else f"random-{args.size}",
+                         "hidden_size": model.config.hidden_size, "encoder_layers": model.config.encoder_layers,
+                         "decoder_layers": model.config.decoder_layers,
+                         "image_tokens": model.config.num_image_tokens},
+               "tokens": args.tokens, "repeats": args.repeats, "latency_seconds": {}, "ratio_to_pytorch": {}}
+    for batch in (1, 8):
+        inputs = processor(images=images[:batch])
+        def timed(backend, repeats, inputs=inputs, **kwargs):
+            return median_seconds(lambda: backend.generate(**inputs, **forced, **kwargs), repeats)
+
+        with torch.inference_mode():
+            timings = {
+                "pytorch_cache": timed(model, args.repeats),
+                "pytorch_no_cache": timed(model, max(1, args.repeats // 2), use_cache=False),
+                "ort_fp32": timed(fp32, args.repeats),
+                "ort_int8": timed(int8, args.repeats),
+            }
+        results["latency_seconds"][f"batch_{batch}"] = {k: round(v, 4) for k, v in timings.items()}
+        results["ratio_to_pytorch"][f"batch_{batch}"] = {
+            k: round(v / timings["pytorch_cache"], 3) for k, v in timings.items() if k != "pytorch_cache"}
+    captions = {}
+    for name, backend in (("pytorch", model), ("ort_fp32", fp32), ("ort_int8", int8)):
+        texts = []
+        for start in range(0, len(images), 32):
+            with torch.inference_mode():
+                output = backend.generate(**processor(images=images[start:start + 32]))
+            texts += [t.strip() for t in processor.batch_decode(output, skip_special_tokens=True)]
+        captions[name] = texts
+    results["caption_agreement"] = {
+        "images": len(images),
+        "ort_fp32_vs_pytorch": sum(a == b for a, b in zip(captions["ort_fp32"], captions["pytorch"])) / len(images),
+        "ort_int8_vs_ort_fp32": sum(a == b for a, b in zip(captions["ort_int8"], captions["ort_fp32"])) / len(images),
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
