@@ -1,0 +1,215 @@
+"""CenterFocus (196 tokens and foveated) against the captioners users would pick instead, built from configs of the
+same width and depth with random weights (nothing downloaded): VisionEncoderDecoder (ViT + BERT decoder), BLIP, GIT.
+
+    python benchmarks/compare_captioners.py --out docs/benchmarks/compare.json            # full size (slow)
+    python benchmarks/compare_captioners.py --width 256 --layers 2 --out /tmp/small.json  # a quick look
+
+For each model, in a fresh subprocess (so peak memory is its own): parameters, FLOPs per training example
+(torch.utils.flop_counter over forward + backward), training samples/s (AdamW step included; median of --steps
+steps after a warm-up), the fraction of the measured fp32 matmul peak that represents, peak RSS, and generate()
+latency for 32 new tokens with and without the KV cache at batch 1 and 8 (medians).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
+CAPTION_TOKENS = 32
+VOCAB = 30522
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
+    """Median fp32 GFLOP/s of a large square matmul: the practical peak of this CPU with this torch build."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def build(name: str, width: int, layers: int, heads: int):
+    """Model, and a function turning (pixel_values, labels) into its training loss."""
+    from transformers import (
+        BertConfig,
+        BertLMHeadModel,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        GitConfig,
+        GitForCausalLM,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTModel,
+    )
+
+    torch.manual_seed(0)
+    inner = 4 * width
+    if name.startswith("centerfocus"):
+        from centerfocus import CenterFocusConfig, CenterFocusForConditionalGeneration
+
+        config = CenterFocusConfig(hidden_size=width, num_attention_heads=heads, encoder_layers=layers,
+                                   decoder_layers=layers, intermediate_size=inner, vocab_size=VOCAB,
+                                   image_tokenizer_type="foveated" if name.endswith("foveated") else "grid_pool")
+        model = CenterFocusForConditionalGeneration(config)
+        return model, lambda pixels, labels: model(pixel_values=pixels, labels=labels).loss
+    vit = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inner,
+               image_size=224, patch_size=16)
+    if name == "vision_encoder_decoder":
+        decoder = BertLMHeadModel(BertConfig(vocab_size=VOCAB, hidden_size=width, num_hidden_layers=layers,
+                                             num_attention_heads=heads, intermediate_size=inner, is_decoder=True,
+                                             add_cross_attention=True))
+        model = VisionEncoderDecoderModel(encoder=ViTModel(ViTConfig(**vit), add_pooling_layer=False), decoder=decoder)
+        model.config.decoder_start_token_id, model.config.pad_token_id = 101, 0
+
+        def loss(pixels, labels):  # plain CE: 4.57's VED loss_function shifts the labels a second time (DESIGN.md)
+            logits = model(pixel_values=pixels, labels=labels).logits
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+        return model, loss
+    if name == "blip":
+        config = BlipConfig(vision_config=dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                               intermediate_size=inner, image_size=224, patch_size=16),
+                            text_config=dict(vocab_size=VOCAB + 2, hidden_size=width,  # + BLIP's [DEC], [ENC] num_hidden_layers=layers,
+                                             num_attention_heads=heads, intermediate_size=inner,
+                                             encoder_hidden_size=width))
+        model = BlipForConditionalGeneration(config)
+        return model, lambda pixels, labels: model(pixel_values=pixels, input_ids=labels.clamp(min=0),
+                                                   labels=labels).loss
+    if name == "git":
+        config = GitConfig(vision_config=dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                              intermediate_size=inner, image_size=224, patch_size=16),
+                           vocab_size=VOCAB, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=inner)
+        model = GitForCausalLM(config)
+        return model, lambda pixels, labels: model(pixel_values=pixels, input_ids=labels.clamp(min=0),
+                                                   labels=labels).loss
+    raise ValueError(name)
+
+
+def generate_latency(model, name: str, batch: int, use_cache: bool, repeats: int) -> float:
+    pixels = torch.randn(batch, 3, 224, 224)
+    kwargs = {"max_new_tokens": CAPTION_TOKENS, "min_new_tokens": CAPTION_TOKENS, "use_cache": use_cache,
+              "do_sample": False, "num_beams": 1}
+    if name == "git":
+        kwargs["input_ids"] = torch.full((batch, 1), 101)
+    if name == "blip":  # BLIP's generate() drops the prompt's last ([SEP]) token
+        kwargs["input_ids"] = torch.tensor([[101, 102]] * batch)
+    if name == "vision_encoder_decoder":
+        kwargs.update(decoder_start_token_id=101, pad_token_id=0, eos_token_id=102)
+    if name == "git":
+        kwargs.update(pad_token_id=0, eos_token_id=102)
+    with torch.inference_mode():
+        model.generate(pixel_values=pixels, **kwargs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.generate(pixel_values=pixels, **kwargs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, args) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, loss_fn = build(name, args.width, args.layers, args.heads)
+    model.train()
+    batch = args.batch_size
+    pixels = torch.randn(batch, 3, 224, 224)
+    labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(pixels, labels).backward()
+    flops_per_example = counter.get_total_flops() / batch
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(pixels, labels).backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    step_seconds = statistics.median(times)
+    model.eval()
+    result = {
+        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "train_gflops_per_example": round(flops_per_example / 1e9, 2),
+        "train_samples_per_second": round(batch / step_seconds, 3),
+        "train_achieved_gflops": round(flops_per_example * batch / step_seconds / 1e9, 1),
+    }
+    for batch_size in (1, 8):
+        for use_cache in (True, False):
+            if not use_cache and args.skip_no_cache_batch8 and batch_size == 8:
+                continue
+            key = f"generate_b{batch_size}_{'cache' if use_cache else 'no_cache'}_s"
+            result[key] = round(generate_latency(model, name, batch_size, use_cache, args.generate_repeats), 3)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--generate_repeats", type=int, default=3)
+    parser.add_argument("--skip_no_cache_batch8", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args)))
+        return
+    peak = matmul_peak_gflops()
+    results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "processor": platform.processor() or platform.machine(),
+                           "fp32_matmul_peak_gflops": round(peak, 1)},
+               "setup": {"width": args.width, "layers": args.layers, "heads": args.heads,
+                         "batch_size": args.batch_size, "caption_tokens": CAPTION_TOKENS, "image_size": 224,
+                         "vocab_size": VOCAB}, "models": {}}
+    forwarded = [a for a in sys.argv[1:] if a not in ("--out",) and not a.endswith(".json")]
+    for name in args.models:
+        output = subprocess.run([sys.executable, __file__, "--one", name, *forwarded], capture_output=True,
+                                text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        if output.returncode != 0:
+            results["models"][name] = {"error": output.stderr.strip().splitlines()[-1]}
+            continue
+        measured = json.loads(output.stdout.strip().splitlines()[-1])
+        measured["fraction_of_matmul_peak"] = round(measured["train_achieved_gflops"] / peak, 3)
+        results["models"][name] = measured
+        print(name, json.dumps(measured), flush=True)
+    reference = results["models"].get("vision_encoder_decoder", {}).get("train_samples_per_second")
+    if reference:
+        for measured in results["models"].values():
+            if "train_samples_per_second" in measured:
+                measured["train_speed_vs_ved"] = round(measured["train_samples_per_second"] / reference, 3)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
