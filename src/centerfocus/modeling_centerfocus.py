@@ -51,8 +51,9 @@ class CenterFocusEncoderOutput(BaseModelOutput):
     Encoder output plus the mask over `[image tokens ; prompt tokens]`.
 
     Args:
-        attention_mask (`torch.LongTensor` of shape `(batch_size, num_image_tokens + prompt_length)`):
-            1 for encoder positions the decoder may attend to. `generate()` expands it with the encoder outputs.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_image_tokens + prompt_length)`, *optional*):
+            1 for encoder positions the decoder may attend to; None when every position may be attended to (no
+            prompt padding). `generate()` expands it with the encoder outputs.
     """
 
     attention_mask: Optional[torch.LongTensor] = None
@@ -157,6 +158,18 @@ def causal_mask(query_length: int, past_length: int, device=None) -> torch.Tenso
     return keys[None, :] <= queries[:, None]
 
 
+def decoder_self_attention_mask(query_length: int, past_length: int, padding: Optional[torch.Tensor],
+                                device=None) -> tuple[Optional[torch.Tensor], bool]:
+    """`(mask, is_causal)` for decoder self-attention. Without decoder padding the mask is left to the kernel: a
+    single new token sees every cached key (no mask), a fresh sequence is plainly causal (`is_causal`, SDPA's fast
+    path); otherwise an explicit `(B, 1, T, past + T)` causal-and-padding mask."""
+    if padding is None and query_length == 1:
+        return None, False
+    if padding is None and past_length == 0:
+        return None, True
+    return combine_masks(causal_mask(query_length, past_length, device), padding), False
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Decoder inputs from labels: prepend the start token, drop the last label, replace -100 by pad."""
     shifted = labels.new_zeros(labels.shape)
@@ -243,6 +256,7 @@ class CenterFocusAttention(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         past_key_values: Optional[EncoderDecoderCache] = None,
         output_attentions: bool = False,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
@@ -250,6 +264,7 @@ class CenterFocusAttention(nn.Module):
             key_value_states: `(B, S, D)` encoder states for cross-attention, else None.
             attention_mask: bool, broadcastable to `(B, nh, Tq, Tk)`, True = attend.
             past_key_values: decoder cache, or None.
+            is_causal: plain causal attention over `Tq == Tk` positions (no `attention_mask`).
 
         Returns:
             `(B, Tq, D)` output and, when requested, `(B, nh, Tq, Tk)` attention weights.
@@ -262,13 +277,15 @@ class CenterFocusAttention(nn.Module):
         weights = None
         if output_attentions or self.config._attn_implementation == "eager":
             scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling  # (B, nh, Tq, Tk)
+            if is_causal:
+                attention_mask = causal_mask(query_length, key.shape[-2] - query_length, scores.device)
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
             output = torch.matmul(weights, value)
         else:
             output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
-                                                    scale=self.scaling)
+                                                    is_causal=is_causal, scale=self.scaling)
         output = output.transpose(1, 2).reshape(batch, query_length, -1)  # (B, Tq, D)
         return self.out_proj(output), (weights if output_attentions else None)
 
@@ -563,9 +580,10 @@ class CenterFocusDecoderLayer(GradientCheckpointingLayer):
         self.dropout = _residual_dropout(config)
 
     def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, encoder_attention_mask=None,
-                past_key_values=None, output_attentions=False, use_cache=True):
+                past_key_values=None, output_attentions=False, use_cache=True, is_causal=False):
         attended, self_weights = self.self_attn(self.self_attn_layer_norm(hidden_states), attention_mask=attention_mask,
-                                                past_key_values=past_key_values, output_attentions=output_attentions)
+                                                past_key_values=past_key_values, output_attentions=output_attentions,
+                                                is_causal=is_causal)
         hidden_states = hidden_states + self.dropout(attended)
         attended, cross_weights = self.cross_attn(
             self.cross_attn_layer_norm(hidden_states), key_value_states=encoder_hidden_states,
@@ -738,6 +756,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
             config.local_attention_window)
         self.register_buffer("image_attention_mask", image_mask, persistent=False)
         self.register_buffer("image_text_rows", self._image_text_rows(config), persistent=False)
+        self.dense_attention = config.encoder_attention_type == "full" and config.cross_modal_attention_type == "full"
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -826,7 +845,10 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         full_mask = torch.cat([image_mask, prompt_mask], dim=1)  # (B, S)
         structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, length - num_image_tokens,
                                            CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
-        mask = combine_masks(structure, full_mask)  # (B, 1, S, S)
+        if self.dense_attention:
+            structure = None  # no sparsity pattern: let SDPA take its unmasked path unless there is padding
+        padding = full_mask if attention_mask is not None else None
+        mask = combine_masks(structure, padding)  # (B, 1, S, S), or None for dense unpadded attention
 
         # 2. transformer layers
         all_hidden, all_attentions = (), ()
@@ -844,7 +866,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
             last_hidden_state=hidden_states,
             hidden_states=all_hidden if output_hidden_states else None,
             attentions=all_attentions if output_attentions else None,
-            attention_mask=full_mask,
+            attention_mask=padding,
         )
         return output if return_dict else output.to_tuple()
 
@@ -913,7 +935,8 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
         hidden_states = hidden_states + self.embed_positions(positions)
 
         # 2. masks: causal (+ decoder padding) for self-attention, encoder padding for cross-attention
-        self_mask = combine_masks(causal_mask(query_length, past_length, hidden_states.device), attention_mask)
+        self_mask, is_causal = decoder_self_attention_mask(query_length, past_length, attention_mask,
+                                                           hidden_states.device)
         cross_mask = combine_masks(None, encoder_attention_mask)
 
         # 3. layers
@@ -923,7 +946,7 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
                 all_hidden += (hidden_states,)
             hidden_states, self_weights, cross_weights = layer(
                 hidden_states, encoder_hidden_states, self_mask, cross_mask, past_key_values=past_key_values,
-                output_attentions=output_attentions, use_cache=use_cache)
+                output_attentions=output_attentions, use_cache=use_cache, is_causal=is_causal)
             if output_attentions:
                 all_self += (self_weights,)
                 all_cross += (cross_weights,)
