@@ -20,6 +20,7 @@ MODALITY_EMBEDDING_TYPES = ("learned", "none")
 MODALITY_GATE_TYPES = ("dynamic", "none")
 ENCODER_ATTENTION_TYPES = ("full", "center_local")
 CROSS_MODAL_ATTENTION_TYPES = ("full", "cls_only")
+DECODER_TYPES = ("autoregressive", "non_autoregressive")
 
 _SWITCHES = {
     "center_weighting_type": CENTER_WEIGHTING_TYPES,
@@ -33,6 +34,7 @@ _SWITCHES = {
     "modality_gate_type": MODALITY_GATE_TYPES,
     "encoder_attention_type": ENCODER_ATTENTION_TYPES,
     "cross_modal_attention_type": CROSS_MODAL_ATTENTION_TYPES,
+    "decoder_type": DECODER_TYPES,
 }
 
 _BASE_CONFIG_KEYS: Optional[frozenset] = None
@@ -134,6 +136,12 @@ class CenterFocusConfig(PretrainedConfig):
         contrastive_temperature (`float`, *optional*, defaults to 0.07): Initial softmax temperature (learned).
         center_loss_weight (`float`, *optional*, defaults to 0.0): Weight of the centre-quality loss: the pooled
             centre image tokens must predict the caption's words. 0 disables it.
+        decoder_type (`str`, *optional*, defaults to `"autoregressive"`): `"non_autoregressive"` decodes every
+            caption position at once (design item 10): a length head on the encoder output predicts the caption
+            length, then `nar_iterations` passes of mask-predict refinement (Ghazvininejad et al., 2019).
+        nar_iterations (`int`, *optional*, defaults to 4): Mask-predict passes at inference.
+        nar_max_length (`int`, *optional*, defaults to 32): Longest caption (incl. eos) the length head predicts.
+        nar_length_loss_weight (`float`, *optional*, defaults to 0.1): Weight of the length-prediction loss.
         pad_token_id (`int`, *optional*, defaults to 0), bos_token_id (`int`, *optional*, defaults to 1),
         eos_token_id (`int`, *optional*, defaults to 2), decoder_start_token_id (`int`, *optional*, defaults to 1):
             Special token ids of the tokenizer the model is trained with.
@@ -198,6 +206,10 @@ class CenterFocusConfig(PretrainedConfig):
         contrastive_dim: int = 256,
         contrastive_temperature: float = 0.07,
         center_loss_weight: float = 0.0,
+        decoder_type: Literal["autoregressive", "non_autoregressive"] = "autoregressive",
+        nar_iterations: int = 4,
+        nar_max_length: int = 32,
+        nar_length_loss_weight: float = 0.1,
         use_cache: bool = True,
         pad_token_id: Optional[int] = 0,
         bos_token_id: Optional[int] = 1,
@@ -250,6 +262,10 @@ class CenterFocusConfig(PretrainedConfig):
         self.contrastive_dim = contrastive_dim
         self.contrastive_temperature = contrastive_temperature
         self.center_loss_weight = center_loss_weight
+        self.decoder_type = decoder_type
+        self.nar_iterations = nar_iterations
+        self.nar_max_length = nar_max_length
+        self.nar_length_loss_weight = nar_length_loss_weight
         self.use_cache = use_cache
 
         unknown = sorted(set(kwargs) - _base_config_keys())
@@ -284,7 +300,7 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_attention_heads", "decoder_layers", "intermediate_size",
                      "max_position_embeddings", "image_size", "num_channels", "channel_pruning_reduction",
                      "channel_attention_reduction", "image_tokenizer_grid_size", "foveated_center_size",
-                     "foveated_periphery_pool", "contrastive_dim"):
+                     "foveated_periphery_pool", "contrastive_dim", "nar_iterations", "nar_max_length"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                    f"`{name}` must be a positive integer, got {value!r}.")
@@ -300,7 +316,10 @@ class CenterFocusConfig(PretrainedConfig):
             _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"`{name}` must be in [0, 1), got {value!r}.")
         self._validate_stem()
         self._validate_image_tokenizer()
-        for name in ("contrastive_loss_weight", "center_loss_weight"):
+        _check(self.decoder_type != "non_autoregressive" or self.nar_max_length < self.max_position_embeddings,
+               f"`nar_max_length` ({self.nar_max_length}) must be below `max_position_embeddings` "
+               f"({self.max_position_embeddings}).")
+        for name in ("contrastive_loss_weight", "center_loss_weight", "nar_length_loss_weight"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
         _check(self.contrastive_temperature > 0,

@@ -641,6 +641,7 @@ IMAGE_TOKEN_POOLING = {
 }
 ENCODER_IMAGE_ATTENTION_MASKS = {"full": full_image_attention, "center_local": center_local_image_attention}
 CROSS_MODAL_TEXT_COLUMNS = {"full": all_text_columns, "cls_only": first_text_column}
+DECODER_IS_CAUSAL = {"autoregressive": True, "non_autoregressive": False}
 EDGE_PRECISION_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -732,8 +733,11 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
             module.log_sigma.data.fill_(math.log(module.initial_sigma))
         elif isinstance(module, CenterFocusPositionEmbedding2D) and isinstance(module.weight, nn.Parameter):
             module.weight.data.normal_(mean=0.0, std=std)
-        elif isinstance(module, CenterFocusForConditionalGeneration) and module.logit_scale is not None:
-            module.logit_scale.data.fill_(math.log(1 / self.config.contrastive_temperature))
+        elif isinstance(module, CenterFocusForConditionalGeneration):
+            if module.logit_scale is not None:
+                module.logit_scale.data.fill_(math.log(1 / self.config.contrastive_temperature))
+            if getattr(module, "mask_embedding", None) is not None:
+                module.mask_embedding.data.normal_(mean=0.0, std=std)
 
 
 class CenterFocusEncoder(CenterFocusPreTrainedModel):
@@ -882,6 +886,7 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(CenterFocusDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.causal = DECODER_IS_CAUSAL[config.decoder_type]  # the non-autoregressive decoder sees every position
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -935,8 +940,11 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
         hidden_states = hidden_states + self.embed_positions(positions)
 
         # 2. masks: causal (+ decoder padding) for self-attention, encoder padding for cross-attention
-        self_mask, is_causal = decoder_self_attention_mask(query_length, past_length, attention_mask,
-                                                           hidden_states.device)
+        if self.causal:
+            self_mask, is_causal = decoder_self_attention_mask(query_length, past_length, attention_mask,
+                                                               hidden_states.device)
+        else:
+            self_mask, is_causal = combine_masks(None, attention_mask), False
         cross_mask = combine_masks(None, encoder_attention_mask)
 
         # 3. layers
@@ -977,6 +985,11 @@ def _encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: i
         return torch.cat([image, attention_mask], dim=1)
     raise ValueError(f"`attention_mask` has length {attention_mask.shape[1]}, but the encoder output has {length} "
                      f"positions ({num_image_tokens} image tokens + prompt).")
+
+
+def outputs_to_encoder(outputs: Seq2SeqModelOutput) -> BaseModelOutput:
+    """The encoder part of a seq2seq output, as the encoder returned it (without its mask)."""
+    return BaseModelOutput(last_hidden_state=outputs.encoder_last_hidden_state)
 
 
 class CenterFocusModel(CenterFocusPreTrainedModel):
@@ -1085,6 +1098,10 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
         if config.center_loss_weight > 0:
             self.center_head = nn.Linear(config.hidden_size, config.hidden_size)
+        self.is_non_autoregressive = config.decoder_type == "non_autoregressive"
+        if self.is_non_autoregressive:
+            self.length_head = nn.Linear(config.hidden_size, config.nar_max_length + 1)
+            self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -1149,9 +1166,12 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             token_type_ids: accepted so BERT-style tokenizer outputs can be passed as is; ignored.
         """
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        nar_targets = None
         if labels is not None:
             use_cache = False
-            if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if self.is_non_autoregressive and decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_inputs_embeds, decoder_attention_mask, nar_targets = self._mask_for_training(labels)
+            elif decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
 
         outputs = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
@@ -1159,7 +1179,12 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
                              output_attentions, output_hidden_states, return_dict=True)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
 
-        losses = self._compute_losses(logits, labels, outputs) if labels is not None else {}
+        losses = {}
+        if labels is not None:
+            losses = self._compute_losses(logits, labels if nar_targets is None else nar_targets, outputs)
+        if nar_targets is not None:
+            losses["length_loss"] = self._length_loss(outputs, labels, attention_mask)
+            losses["loss"] = losses["loss"] + self.config.nar_length_loss_weight * losses["length_loss"]
         output = CenterFocusSeq2SeqLMOutput(
             loss=losses.get("loss"),
             logits=logits,
@@ -1211,6 +1236,91 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         valid = labels != -100
         picked = log_probs.gather(1, labels.clamp(min=0))  # (B, T)
         return -(picked * valid).sum() / valid.sum().clamp(min=1)
+
+    # ---- non-autoregressive decoding (decoder_type="non_autoregressive") ----
+
+    def _mask_for_training(self, labels: torch.Tensor):
+        """Mask-predict training inputs: per caption, a uniformly drawn number of its tokens is replaced by the mask
+        embedding; the loss is computed on those positions only. Returns `(inputs_embeds, attention_mask, targets)`."""
+        valid = labels != -100  # (B, T)
+        lengths = valid.sum(1, keepdim=True).clamp(min=1)
+        count = (torch.rand(lengths.shape, device=labels.device) * lengths).long() + 1  # 1 .. length
+        scores = torch.rand(labels.shape, device=labels.device).masked_fill(~valid, 2.0)
+        ranks = scores.argsort(dim=1).argsort(dim=1)  # rank of each position among the valid ones
+        masked = (ranks < count) & valid
+        embeddings = self.get_input_embeddings()(labels.clamp(min=0))
+        inputs_embeds = torch.where(masked[..., None], self.mask_embedding.to(embeddings.dtype), embeddings)
+        return inputs_embeds, valid.long(), labels.masked_fill(~masked, -100)
+
+    def _length_logits(self, encoder_hidden_states: torch.Tensor, encoder_mask: Optional[torch.Tensor]):
+        """`(B, nar_max_length + 1)` caption-length logits from the mean encoder state."""
+        if encoder_mask is None:
+            pooled = encoder_hidden_states.mean(1)
+        else:
+            weights = encoder_mask.to(encoder_hidden_states.dtype)[..., None]
+            pooled = (encoder_hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.length_head(pooled)
+
+    def predict_lengths(self, encoder_outputs: CenterFocusEncoderOutput) -> torch.LongTensor:
+        """`(B,)` caption lengths (tokens incl. eos, at least 1) the length head predicts from the encoder."""
+        logits = self._length_logits(encoder_outputs.last_hidden_state, encoder_outputs.attention_mask)
+        return logits.argmax(-1).clamp(min=1)
+
+    def _length_loss(self, outputs, labels: torch.Tensor, attention_mask) -> torch.Tensor:
+        encoder_mask = _encoder_attention_mask(outputs_to_encoder(outputs), attention_mask,
+                                               self.config.num_image_tokens)
+        logits = self._length_logits(outputs.encoder_last_hidden_state, encoder_mask)
+        lengths = (labels != -100).sum(1).clamp(max=self.config.nar_max_length)
+        return F.cross_entropy(logits.float(), lengths)
+
+    @torch.no_grad()
+    def generate_non_autoregressive(self, pixel_values: torch.Tensor, input_ids=None, attention_mask=None,
+                                    nar_iterations: Optional[int] = None) -> torch.LongTensor:
+        """Mask-predict decoding: predict the length from the encoder, fill every position at once, then for
+        `nar_iterations - 1` more passes re-mask and re-predict the least confident tokens (linearly fewer each pass).
+
+        Returns:
+            `(batch_size, 1 + max_length)` token ids: the decoder start token, then the caption, padded.
+        """
+        iterations = nar_iterations or self.config.nar_iterations
+        encoder_outputs = self.get_encoder()(pixel_values, input_ids, attention_mask, return_dict=True)
+        encoder_mask = encoder_outputs.attention_mask
+        lengths = self.predict_lengths(encoder_outputs)
+        batch, longest = lengths.shape[0], int(lengths.max())
+        positions = torch.arange(longest, device=lengths.device)
+        valid = positions[None, :] < lengths[:, None]  # (B, L)
+        tokens = torch.full((batch, longest), self.config.pad_token_id, device=lengths.device)
+        scores = torch.zeros(batch, longest, device=lengths.device)
+        masked = valid.clone()
+        embed = self.get_input_embeddings()
+        for step in range(iterations):
+            inputs_embeds = torch.where(masked[..., None], self.mask_embedding, embed(tokens))
+            hidden = self.model.decoder(inputs_embeds=inputs_embeds, attention_mask=valid.long(),
+                                        encoder_hidden_states=encoder_outputs.last_hidden_state,
+                                        encoder_attention_mask=encoder_mask, use_cache=False)[0]
+            probabilities, predicted = self.lm_head(hidden).float().softmax(-1).max(-1)
+            tokens = torch.where(masked, predicted, tokens)
+            scores = torch.where(masked, probabilities, scores)
+            if step == iterations - 1:
+                break
+            remask = (lengths.float() * (iterations - 1 - step) / iterations).long()  # (B,)
+            ranks = scores.masked_fill(~valid, 2.0).argsort(1).argsort(1)
+            masked = (ranks < remask[:, None]) & valid
+        # everything after the first end-of-sequence token is padding, as in autoregressive output
+        after_eos = (tokens == self.config.eos_token_id).long().cumsum(1) - (tokens == self.config.eos_token_id).long()
+        tokens = tokens.masked_fill(~valid | (after_eos > 0), self.config.pad_token_id)
+        start = torch.full((batch, 1), self.config.decoder_start_token_id, device=tokens.device)
+        return torch.cat([start, tokens], dim=1)
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, or mask-predict decoding for `decoder_type="non_autoregressive"` models
+        (there `generate(pixel_values, input_ids=..., attention_mask=..., nar_iterations=...)`; beam search and
+        sampling options do not apply and are ignored), so `pipeline("image-to-text")` works for both."""
+        if not self.is_non_autoregressive:
+            return super().generate(*args, **kwargs)
+        pixel_values = args[0] if args else kwargs.pop("pixel_values", None)
+        return self.generate_non_autoregressive(pixel_values, kwargs.get("input_ids"), kwargs.get("attention_mask"),
+                                                kwargs.get("nar_iterations"))
 
     # The only private generation hook CenterFocus overrides (Florence-2 in transformers 4.57 overrides it too);
     # tests/integration/test_generation.py covers it. It routes an optional prompt to the encoder only.

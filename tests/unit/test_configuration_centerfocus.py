@@ -63,6 +63,8 @@ def test_decoder_text_config_names_layers_for_the_cache():
         ("modality_gate_type", "static"),
         ("encoder_attention_type", "sparse"),
         ("cross_modal_attention_type", "none"),
+        ("decoder_type", "diffusion"),
+        ("nar_iterations", 0),
         ("hidden_size", 30),
         ("num_attention_heads", 0),
         ("vocab_size", -1),
@@ -129,6 +131,7 @@ def test_unknown_keys_warn():
         (modeling.MODALITY_GATE_CLASSES, cfg_module.MODALITY_GATE_TYPES),
         (modeling.ENCODER_IMAGE_ATTENTION_MASKS, cfg_module.ENCODER_ATTENTION_TYPES),
         (modeling.CROSS_MODAL_TEXT_COLUMNS, cfg_module.CROSS_MODAL_ATTENTION_TYPES),
+        (modeling.DECODER_IS_CAUSAL, cfg_module.DECODER_TYPES),
     ],
 )
 def test_registries_match_allowed_values(registry, allowed):

@@ -29,6 +29,7 @@ SWITCHES = [
     {"contrastive_loss_weight": 0.5},
     {"center_loss_weight": 0.5},
     {"encoder_layers": 0},
+    {"decoder_type": "non_autoregressive"},
     # everything on
     {"edge_compensation_type": "conv", "image_tokenizer_type": "foveated", "encoder_attention_type": "center_local",
      "cross_modal_attention_type": "cls_only", "contrastive_loss_weight": 0.5, "center_loss_weight": 0.5},
@@ -99,6 +100,7 @@ def test_switch_forward_backward_every_parameter_gets_gradient(overrides):
         ({"modality_gate_type": "none"}, "modality_gate."),
         ({"contrastive_loss_weight": 0.0}, "projection"),
         ({"center_loss_weight": 0.0}, "center_head"),
+        ({"decoder_type": "autoregressive"}, "length_head"),
     ],
 )
 def test_switched_off_components_build_no_parameters(overrides, absent):
@@ -350,3 +352,46 @@ def test_bad_model_inputs_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         model(decoder_input_ids=torch.ones(kwargs["pixel_values"].shape[0] if kwargs["pixel_values"] is not None
                                            and kwargs["pixel_values"].ndim == 4 else 1, 2, dtype=torch.long), **kwargs)
+
+
+def test_non_autoregressive_output_length_follows_the_length_prediction():
+    model = _model(decoder_type="non_autoregressive").eval()
+    model.config.eos_token_id = model.config.vocab_size - 1
+    with torch.no_grad():
+        model.lm_head.weight[-1] = -100.0  # the (stand-in) eos token is never predicted: no early cut
+        model.length_head.weight.zero_()
+        model.length_head.bias.fill_(-10.0)
+        model.length_head.bias[5] = 10.0  # every caption: 5 tokens
+    pixel_values = torch.randn(3, 3, 32, 32)
+    encoder_outputs = model.get_encoder()(pixel_values)
+    assert model.predict_lengths(encoder_outputs).tolist() == [5, 5, 5]
+    output = model.generate(pixel_values)
+    assert output.shape == (3, 6) and (output[:, 1:] != model.config.pad_token_id).all()
+    with torch.no_grad():
+        model.length_head.bias[5] = -10.0
+        model.length_head.bias[3] = 10.0
+        model.length_head.bias[7] = 9.0
+    lengths = model.predict_lengths(model.get_encoder()(pixel_values))
+    output = model.generate(pixel_values, nar_iterations=2)
+    assert output.shape[1] == 1 + int(lengths.max())
+    assert ((output[:, 1:] != model.config.pad_token_id).sum(1) == lengths).all()
+
+
+def test_non_autoregressive_refinement_changes_only_low_confidence_tokens():
+    """Later passes may only rewrite positions that were re-masked; a single pass equals plain argmax decoding."""
+    model = _model(decoder_type="non_autoregressive").eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    one_pass = model.generate(pixel_values, nar_iterations=1)
+    encoder = model.get_encoder()(pixel_values)
+    lengths = model.predict_lengths(encoder)
+    length = int(lengths.max())
+    valid = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    hidden = model.model.decoder(inputs_embeds=model.mask_embedding.expand(2, length, -1), attention_mask=valid,
+                                 encoder_hidden_states=encoder.last_hidden_state, use_cache=False)[0]
+    expected = model.lm_head(hidden).argmax(-1)
+    for row in range(2):
+        n = int(lengths[row])
+        got = one_pass[row, 1:1 + n]
+        eos = (expected[row, :n] == model.config.eos_token_id).nonzero()
+        cut = int(eos[0]) if len(eos) else n
+        assert torch.equal(got[:cut], expected[row, :cut])
