@@ -11,7 +11,7 @@ import matplotlib
 
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def bar(ax, names, values, title, unit):

@@ -71,6 +71,9 @@ class ModelArguments:
     contrastive_loss_weight: Optional[float] = field(default=None, metadata={
         "help": "Weight of the contrastive image-caption alignment loss."})
     center_loss_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the centre-quality loss."})
+    decoder_type: Optional[str] = field(default=None, metadata={
+        "help": "'autoregressive' (default) or 'non_autoregressive' (length prediction + mask-predict refinement)."})
+    nar_iterations: Optional[int] = field(default=None, metadata={"help": "Mask-predict passes (non-autoregressive)."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the full model."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -164,9 +167,11 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
     if data_args.image_size:
         kwargs["image_size"] = data_args.image_size
     kwargs.update(_parse_overrides(model_args.config_overrides))
-    for name in ("contrastive_loss_weight", "center_loss_weight"):
+    for name in ("contrastive_loss_weight", "center_loss_weight", "decoder_type", "nar_iterations"):
         if getattr(model_args, name) is not None:
             kwargs[name] = getattr(model_args, name)
+    if kwargs.get("decoder_type") == "non_autoregressive":
+        kwargs.setdefault("nar_max_length", data_args.max_target_length)  # every training caption length is a class
     kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
                   max_position_embeddings=max(kwargs.get("max_position_embeddings", 512),
@@ -328,10 +333,13 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
 def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_dir: str,
                model_args: ModelArguments) -> Path:
     """Write the final model + processor to `output_dir` without ever leaving a half-written model there: everything
-    is written to a temporary folder first, then each file is moved in with an atomic `os.replace`."""
+    is written to a temporary folder first, then each file is moved in with an atomic `os.replace`. If a move fails,
+    the files already moved are replaced by the previous ones again (kept as hard links until the save is done)."""
     output = Path(output_dir)
     model = trainer.model
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
+    previous = Path(tempfile.mkdtemp(prefix=".previous-", dir=output))
+    restored = True
     try:
         if model_args.lora_r > 0:
             model.save_pretrained(staging / "adapter")  # adapter_model.safetensors + adapter_config.json
@@ -343,14 +351,36 @@ def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_
                                "weights as the main model.")
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
-        for path in sorted(staging.rglob("*")):
-            target = output / path.relative_to(staging)
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            else:
+        moved = []  # (target, the previous file's second name or None)
+        try:
+            for index, path in enumerate(sorted(staging.rglob("*"))):
+                target = output / path.relative_to(staging)
+                if path.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                kept = previous / str(index) if target.is_file() else None
+                if kept is not None:
+                    try:
+                        os.link(target, kept)
+                    except OSError:  # no hard links on this file system
+                        shutil.copy2(target, kept)
+                moved.append((target, kept))
                 os.replace(path, target)
+        except BaseException:
+            restored = False
+            for target, kept in reversed(moved):
+                if kept is not None:
+                    os.replace(kept, target)
+                else:
+                    target.unlink(missing_ok=True)
+            restored = True
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if restored:
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            logger.error(f"Could not restore every previous model file in {output}; they are kept in {previous}.")
     return output
 
 
@@ -376,6 +406,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         training_args.resume_from_checkpoint = resume
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
     model = model if model is not None else build_model(model_args, data_args, tokenizer)
+    tokenizer.model_max_length = model.config.max_position_embeddings  # saved: longer prompts truncate, not crash
     image_size = model.config.image_size
     image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
                        if model_args.model_name_or_path else
