@@ -12,6 +12,7 @@ COMMANDS = {
     "export": ("centerfocus.tools.export", "Export to ONNX with Optimum (optimise, INT8, TensorRT check)."),
     "caption": ("centerfocus.tools.export", "Caption images with ONNX Runtime or PyTorch."),
     "sparsify": ("centerfocus.tools.sparsity", "2:4-prune the image branch (optionally fine-tune), report quality."),
+    "index": ("centerfocus.tools.retrieval", "Build a caption index for retrieval-augmented captioning."),
 }
 ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
 

@@ -448,6 +448,8 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     parser.add_argument("--provider", default="CPUExecutionProvider",
                         choices=["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
     parser.add_argument("--prompt", help="Encoder prompt (needs a --variant prompt export for --onnx).")
+    parser.add_argument("--index", help="Caption index (centerfocus index): the k nearest captions become the prompt.")
+    parser.add_argument("--k", type=int, default=2, help="Captions retrieved per image with --index.")
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--trt_fp16", action="store_true", help="TensorRT: build fp16 engines.")
@@ -479,7 +481,12 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
             images.append(Image.open(path))
         except (OSError, ValueError) as error:
             raise SystemExit(f"Cannot read image {path}: {error}") from None
-    inputs = processor(images=images, text=[args.prompt] * len(images) if args.prompt else None)
+    prompts = [args.prompt] * len(images) if args.prompt else None
+    if args.index:
+        from .retrieval import CaptionIndex, retrieval_prompts
+
+        prompts = retrieval_prompts(CaptionIndex.load(args.index), images, args.k)
+    inputs = processor(images=images, text=prompts)
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens:
         kwargs["max_new_tokens"] = args.max_new_tokens

@@ -103,6 +103,10 @@ class DataArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     max_target_length: int = field(default=32, metadata={"help": "Longest caption in tokens (incl. eos)."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Image size of a new model (overrides preset)."})
+    retrieval_index: Optional[str] = field(default=None, metadata={
+        "help": "A caption index (centerfocus index): each image's k nearest training captions (never its own) "
+                "become its encoder prompt, for retrieval-augmented captioning."})
+    retrieval_k: int = field(default=2, metadata={"help": "Captions retrieved per image."})
 
 
 def _parse_overrides(text: Optional[str]) -> dict:
@@ -384,6 +388,23 @@ def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_
     return output
 
 
+def add_retrieval_prompts(data_args: DataArguments, train_set, eval_set):
+    """Add a `retrieved_captions` prompt column from `--retrieval_index` and train with it as the prompt."""
+    from .retrieval import CaptionIndex, retrieval_prompts
+
+    index = CaptionIndex.load(data_args.retrieval_index)
+    column = "retrieved_captions"
+    splits = []
+    for split in (train_set, eval_set):
+        if split is not None:
+            prompts = retrieval_prompts(index, list(split[data_args.image_column]), data_args.retrieval_k,
+                                        exclude_identical=True)
+            split = split.add_column(column, prompts)
+        splits.append(split)
+    data_args.prompt_column = column
+    return splits[0], splits[1]
+
+
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments,
                  callbacks: Optional[list] = None,
                  model: Optional[CenterFocusForConditionalGeneration] = None) -> dict:
@@ -395,6 +416,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     train_set, eval_set = check_caption_dataset(
         datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
         data_args.validation_fraction, training_args.seed, data_args.prompt_column)
+    if data_args.retrieval_index:
+        train_set, eval_set = add_retrieval_prompts(data_args, train_set, eval_set)
     if data_args.max_train_samples:
         train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
     if data_args.max_eval_samples and eval_set is not None:

@@ -1,0 +1,114 @@
+"""Retrieval-augmented captioning (design item 10): an index of image embedding -> caption built from a training set,
+and captioning that retrieves the k nearest captions and gives them to the encoder as the text prompt.
+
+Embeddings are the mean of a CenterFocus encoder's image-token outputs (no prompt), L2-normalised; search is exact
+cosine similarity with a torch matrix product (the training sets here are small; `faiss.IndexFlatIP` would return the
+same neighbours for large ones).
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..modeling_centerfocus import CenterFocusForConditionalGeneration
+from ..processing_centerfocus import CenterFocusProcessor
+
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = " ; "
+
+
+@torch.inference_mode()
+def image_embeddings(model: CenterFocusForConditionalGeneration, processor: CenterFocusProcessor, images: list,
+                     batch_size: int = 64) -> torch.Tensor:
+    """`(len(images), D)` L2-normalised mean encoder states of the image tokens."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixel_values = processor(images=images[start:start + batch_size])["pixel_values"]
+        hidden = model.get_encoder()(pixel_values).last_hidden_state  # (B, N, D)
+        chunks.append(torch.nn.functional.normalize(hidden.float().mean(1), dim=-1))
+    return torch.cat(chunks)
+
+
+class CaptionIndex:
+    """Image embeddings with their captions; `search` returns the exact k nearest neighbours by cosine similarity."""
+
+    def __init__(self, embeddings: torch.Tensor, captions: list[str], embedding_model: Optional[str] = None):
+        if embeddings.shape[0] != len(captions):
+            raise ValueError(f"{embeddings.shape[0]} embeddings but {len(captions)} captions.")
+        self.embeddings = embeddings
+        self.captions = captions
+        self.embedding_model = embedding_model
+
+    @classmethod
+    def build(cls, model_dir: str, images: list, captions: list[str]) -> "CaptionIndex":
+        model = CenterFocusForConditionalGeneration.from_pretrained(model_dir)
+        processor = CenterFocusProcessor.from_pretrained(model_dir)
+        return cls(image_embeddings(model, processor, images), list(captions), str(Path(model_dir).resolve()))
+
+    def save(self, folder: str) -> Path:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": self.embeddings.contiguous()}, path / "embeddings.safetensors")
+        (path / "captions.json").write_text(json.dumps({"captions": self.captions,
+                                                        "embedding_model": self.embedding_model}))
+        return path
+
+    @classmethod
+    def load(cls, folder: str) -> "CaptionIndex":
+        path = Path(folder)
+        for name in ("embeddings.safetensors", "captions.json"):
+            if not (path / name).is_file():
+                raise ValueError(f"{folder} is not a caption index (no {name}); build one with `centerfocus index`.")
+        meta = json.loads((path / "captions.json").read_text())
+        return cls(load_file(path / "embeddings.safetensors")["embeddings"], meta["captions"], meta["embedding_model"])
+
+    def search(self, queries: torch.Tensor, k: int, exclude_identical: bool = False):
+        """`(scores, indices)`, each `(Q, k)`, best first. `exclude_identical` skips entries with the query's own
+        embedding (similarity 1), so a training image never retrieves its own caption."""
+        similarity = queries.float() @ self.embeddings.float().t()  # (Q, N)
+        if exclude_identical:
+            similarity = similarity.masked_fill(similarity > 1 - 1e-5, float("-inf"))
+        return similarity.topk(min(k, similarity.shape[1]), dim=1)
+
+    def prompts(self, queries: torch.Tensor, k: int, exclude_identical: bool = False) -> list[str]:
+        """The k nearest captions of each query joined into one prompt."""
+        _, indices = self.search(queries, k, exclude_identical)
+        return [SEPARATOR.join(self.captions[i] for i in row) for row in indices.tolist()]
+
+
+def retrieval_prompts(index: CaptionIndex, images: list, k: int, exclude_identical: bool = False) -> list[str]:
+    """Prompts for `images` from `index`, embedded with the index's own embedding model."""
+    model = CenterFocusForConditionalGeneration.from_pretrained(index.embedding_model)
+    processor = CenterFocusProcessor.from_pretrained(index.embedding_model)
+    return index.prompts(image_embeddings(model, processor, images), k, exclude_identical)
+
+
+def main(argv: Optional[list[str]] = None) -> Path:
+    """`centerfocus index --model DIR --dataset DATA --output INDEX_DIR [--split train]`: embed every image of the
+    split with the model's encoder and save the index (safetensors embeddings + captions)."""
+    import argparse
+
+    from .caption_data import check_caption_dataset, load_image_dataset
+
+    parser = argparse.ArgumentParser(prog="centerfocus index", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="A CenterFocus folder whose encoder embeds the images.")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--caption_column", default="text")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    split, _ = check_caption_dataset(load_image_dataset(args.dataset), args.image_column, args.caption_column,
+                                     train_split=args.split, validation_fraction=0)
+    index = CaptionIndex.build(args.model, list(split[args.image_column]), list(split[args.caption_column]))
+    path = index.save(args.output)
+    print(f"Indexed {len(index.captions)} captions into {path}")
+    return path
