@@ -50,6 +50,10 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _base_config_keys() -> frozenset:
     """Keys that `PretrainedConfig` itself understands (used to warn about typos in our own kwargs)."""
     global _BASE_CONFIG_KEYS
@@ -237,7 +241,7 @@ class CenterFocusConfig(PretrainedConfig):
         self.stem_kernel_sizes = tuple(stem_kernel_sizes)
         self.stem_strides = tuple(stem_strides)
         self.center_weighting_type = center_weighting_type
-        self.center_sigmas = tuple(float(s) for s in center_sigmas)
+        self.center_sigmas = tuple(center_sigmas)
         self.center_sigma_learnable = center_sigma_learnable
         self.center_weighting_floor = center_weighting_floor
         self.center_region_size = center_region_size
@@ -314,6 +318,17 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"`{name}` must be in [0, 1), got {value!r}.")
+        from transformers.activations import ACT2FN
+
+        _check(isinstance(self.hidden_act, str) and self.hidden_act in ACT2FN,
+               f"`hidden_act` must be one of transformers' activations {sorted(ACT2FN)}, got {self.hidden_act!r}.")
+        _check(_is_number(self.layer_norm_eps) and self.layer_norm_eps > 0,
+               f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps!r}.")
+        _check(_is_number(self.initializer_range) and self.initializer_range >= 0,
+               f"`initializer_range` must be >= 0, got {self.initializer_range!r}.")
+        for name in ("center_sigma_learnable", "use_cache", "tie_word_embeddings"):
+            _check(isinstance(getattr(self, name), bool), f"`{name}` must be True or False, got "
+                                                          f"{getattr(self, name)!r}.")
         self._validate_stem()
         self._validate_image_tokenizer()
         _check(self.decoder_type != "non_autoregressive" or self.nar_max_length < self.max_position_embeddings,
@@ -322,10 +337,12 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("contrastive_loss_weight", "center_loss_weight", "nar_length_loss_weight"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
-        _check(self.contrastive_temperature > 0,
+        _check(_is_number(self.contrastive_temperature) and self.contrastive_temperature > 0,
                f"`contrastive_temperature` must be > 0, got {self.contrastive_temperature!r}.")
-        for name in ("pad_token_id", "decoder_start_token_id", "eos_token_id"):
+        for name in ("pad_token_id", "decoder_start_token_id", "eos_token_id", "bos_token_id"):
             value = getattr(self, name)
+            if name == "bos_token_id" and value is None:
+                continue  # optional: CenterFocus starts captions with decoder_start_token_id
             _check(isinstance(value, int) and 0 <= value < self.vocab_size,
                    f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}.")
 
@@ -338,12 +355,13 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("stem_channels", "stem_kernel_sizes", "stem_strides"):
             _check(all(isinstance(v, int) and v > 0 for v in getattr(self, name)),
                    f"`{name}` must hold positive integers, got {getattr(self, name)!r}.")
-        _check(all(s > 0 for s in self.center_sigmas), f"`center_sigmas` must be > 0, got {self.center_sigmas!r}.")
-        _check(0.0 <= self.center_weighting_floor < 1.0,
+        _check(all(_is_number(s) and s > 0 for s in self.center_sigmas),
+               f"`center_sigmas` must be numbers > 0, got {self.center_sigmas!r}.")
+        _check(_is_number(self.center_weighting_floor) and 0.0 <= self.center_weighting_floor < 1.0,
                f"`center_weighting_floor` must be in [0, 1), got {self.center_weighting_floor!r}.")
-        _check(0.0 < self.center_region_size <= 1.0,
+        _check(_is_number(self.center_region_size) and 0.0 < self.center_region_size <= 1.0,
                f"`center_region_size` must be in (0, 1], got {self.center_region_size!r}.")
-        _check(0.0 < self.channel_pruning_keep_ratio <= 1.0,
+        _check(_is_number(self.channel_pruning_keep_ratio) and 0.0 < self.channel_pruning_keep_ratio <= 1.0,
                f"`channel_pruning_keep_ratio` must be in (0, 1], got {self.channel_pruning_keep_ratio!r}.")
         stride = 1
         for s in self.stem_strides:

@@ -1,5 +1,8 @@
-"""Image processor for CenterFocus: any PIL image, numpy array or torch tensor -> normalised `pixel_values`."""
+"""Image processor for CenterFocus: any PIL image, numpy array, torch tensor or image file -> normalised
+`pixel_values`. Every input it cannot convert raises `ValueError` naming the input (its index and, for files, its
+path); the conversions are listed in `docs/robustness.md`."""
 
+import os
 from typing import Optional, Union
 
 import numpy as np
@@ -17,7 +20,7 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 def _pil_to_rgb_array(image: Image.Image) -> np.ndarray:
     """A PIL image of any mode -> `(H, W, 3)` float32 in [0, 255].
 
-    Conversions (documented in the README): the EXIF orientation is applied; an animated image gives its first frame;
+    Conversions (listed in docs/robustness.md): the EXIF orientation is applied; an animated image gives its first frame;
     alpha is composited onto white; palette, grey, 1-bit, CMYK and YCbCr images go through PIL's RGB conversion;
     16-bit images are scaled by 255/65535; 32-bit integer and float images are scaled from their own [min, max]
     range to [0, 255] (a constant image becomes black)."""
@@ -43,12 +46,16 @@ def _pil_to_rgb_array(image: Image.Image) -> np.ndarray:
 
 def _array_to_rgb_array(array: np.ndarray) -> np.ndarray:
     """A numpy array `(H, W)`, `(H, W, c)` or `(c, H, W)` with c in {1, 3, 4} -> `(H, W, 3)` float32 in [0, 255].
-    uint8 is taken as is, uint16 scaled by 255/65535, bool as {0, 255}; floats in [0, 1] are scaled by 255 and floats
-    up to 255 taken as is."""
+    The last axis is the channel axis when it has 1, 3 or 4 entries (a warning is logged when the first axis could
+    be too), else the first. uint8 is taken as is, uint16 scaled by 255/65535, bool as {0, 255}; floats in [0, 1]
+    are scaled by 255 and floats up to 255 taken as is; a 4th (alpha) channel is dropped."""
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
         raise ValueError(f"An image array must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}.")
+    if array.shape[-1] in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        logger.warning_once(f"The channel axis of an image array of shape {array.shape} is ambiguous; taking the "
+                            "last axis as channels (H, W, C). Pass (H, W, C) or a PIL image to avoid this.")
     if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
         array = np.transpose(array, (1, 2, 0))  # channels-first -> (H, W, c)
     if array.shape[-1] not in (1, 3, 4):
@@ -77,16 +84,64 @@ def _array_to_rgb_array(array: np.ndarray) -> np.ndarray:
     return array[..., :3]  # drops alpha
 
 
+def _check_not_empty(array: np.ndarray) -> np.ndarray:
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"The image is empty (height {array.shape[0]}, width {array.shape[1]}).")
+    return array
+
+
+def _decode_pil(image: Image.Image) -> np.ndarray:
+    """`_pil_to_rgb_array` with every decoding failure of a lazily loaded image (truncated or corrupt data: PIL
+    raises OSError, SyntaxError and others) turned into ValueError naming the file it came from."""
+    try:
+        array = _pil_to_rgb_array(image)
+    except (ValueError, MemoryError):
+        raise
+    except Exception as error:
+        source = getattr(image, "filename", "") or "the PIL image"
+        raise ValueError(f"Cannot decode {source!r} ({type(error).__name__}: {error}).") from None
+    return _check_not_empty(array)
+
+
+def load_image_file(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Open an image file with PIL, decode it completely (`Image.load()`) and convert it as `to_rgb_array` converts a
+    PIL image. Truncated images are never accepted (`ImageFile.LOAD_TRUNCATED_IMAGES` is left alone). A missing
+    file, a file that is not an image, truncated or corrupt data and an image over PIL's decompression-bomb limit
+    (`Image.MAX_IMAGE_PIXELS`) raise ValueError naming the path."""
+    given_str = isinstance(path, str)
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(f"Image paths must be str or pathlib.Path, got {type(path).__name__}.")
+    if path.startswith(("http://", "https://", "data:")):
+        raise ValueError(f"{path[:80]!r} is a URL; CenterFocusImageProcessor reads only local files. Download it "
+                         "and pass the file or the PIL image.")
+    if not os.path.isfile(path):
+        problem = "is not a file" if os.path.exists(path) else "does not exist"
+        hint = " (Unsupported image type str: a string must be the path of an image file)" if given_str else ""
+        raise ValueError(f"Image file {path!r} {problem}{hint}.")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes everything now: truncated or corrupt data fails here
+            array = _pil_to_rgb_array(image)
+    except MemoryError:
+        raise
+    except Exception as error:  # UnidentifiedImageError, OSError, DecompressionBombError, SyntaxError, ValueError
+        raise ValueError(f"Cannot read image file {path!r} ({type(error).__name__}: {error}).") from None
+    return _check_not_empty(array)
+
+
 def to_rgb_array(image) -> np.ndarray:
-    """Any supported image (PIL, numpy, torch) -> `(H, W, 3)` float32 in [0, 255]."""
+    """Any supported image (PIL, numpy, torch, a path to an image file) -> `(H, W, 3)` float32 in [0, 255]."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb_array(image)
+        return _decode_pil(image)
+    if isinstance(image, (str, os.PathLike)):
+        return load_image_file(image)
     if type(image).__module__.startswith("torch") and hasattr(image, "detach"):
         image = image.detach().cpu().float().numpy() if image.is_floating_point() else image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
         return _array_to_rgb_array(image)
-    raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array or a torch "
-                     "tensor (load paths and URLs first, e.g. with PIL.Image.open).")
+    raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array, a torch "
+                     "tensor or the path of an image file (URLs are not downloaded).")
 
 
 def _resize_channels(array: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
@@ -108,9 +163,10 @@ def _flatten_images(images) -> list:
         if not flat:
             raise ValueError("`images` is empty: pass at least one image.")
         return flat
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
-    if type(images).__module__.startswith("torch") and getattr(images, "ndim", 0) == 4:
+    is_tensor = type(images).__module__.startswith("torch") and hasattr(images, "ndim")
+    if (isinstance(images, np.ndarray) or is_tensor) and images.ndim == 4:
+        if len(images) == 0:
+            raise ValueError(f"`images` is an empty batch of shape {tuple(images.shape)}: pass at least one image.")
         return list(images)
     return [images]
 
@@ -118,6 +174,10 @@ def _flatten_images(images) -> list:
 class CenterFocusImageProcessor(BaseImageProcessor):
     r"""
     Prepares images for CenterFocus: converts to RGB, resizes to `size`, rescales to [0, 1] and normalises.
+
+    Accepts one image or a list of images, each a PIL image, a numpy array, a torch tensor or the path (`str` or
+    `pathlib.Path`) of an image file, in any mix; a 4-D array or tensor is a batch. An input that cannot be
+    converted raises `ValueError` naming its index (and, for a file, its path).
 
     Args:
         do_resize (`bool`, *optional*, defaults to `True`): Resize to `size`.

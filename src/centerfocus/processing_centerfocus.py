@@ -1,5 +1,7 @@
 """Processor for CenterFocus: an image processor plus any tokenizer (prompt -> `input_ids`, caption -> `labels`)."""
 
+import json
+import os
 from typing import Optional, Union
 
 from transformers.image_processing_utils import BatchFeature
@@ -9,13 +11,58 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# A tokenizer's `model_max_length` at or above this is transformers' "no limit" placeholder (VERY_LARGE_INTEGER).
+_NO_LENGTH_LIMIT = 1_000_000
+# Files that can hold a tokenizer's vocabulary: tokenizers' JSON, WordPiece, BPE, SentencePiece.
+_TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+                          "sentencepiece.bpe.model")
+
 
 def _as_list(text: Union[str, list[str]], name: str) -> list[str]:
-    texts = [text] if isinstance(text, str) else list(text)
-    for index, item in enumerate(texts):
+    if isinstance(text, (bytes, bytearray)):
+        raise ValueError(f"`{name}` must be text (str), got {type(text).__name__}; decode it first, e.g. "
+                         f"`{name}.decode('utf-8')`.")
+    if isinstance(text, str):
+        return [text]
+    if not isinstance(text, (list, tuple)):
+        raise ValueError(f"`{name}` must be a string or a list of strings, got {type(text).__name__}.")
+    if not text:
+        raise ValueError(f"`{name}` is an empty list: pass one string per image.")
+    for index, item in enumerate(text):
+        if isinstance(item, (bytes, bytearray)):
+            raise ValueError(f"`{name}` item {index} is {type(item).__name__}, not text (str); decode it first, e.g. "
+                             "with `.decode('utf-8')`.")
         if not isinstance(item, str):
             raise ValueError(f"`{name}` must be a string or a list of strings; item {index} is {type(item).__name__}.")
-    return texts
+    return list(text)
+
+
+def _check_length(value: Optional[int], name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
+
+
+def _check_processor_folder(folder: str) -> None:
+    """Before loading a local processor folder: raise FileNotFoundError / OSError naming the missing or unreadable
+    file, where transformers would fail with an unrelated KeyError or AttributeError."""
+    files = set(os.listdir(folder))
+    if "tokenizer_config.json" not in files:
+        raise FileNotFoundError(f"{folder!r} has no tokenizer_config.json: the tokenizer was not saved there (save the "
+                                "processor with `processor.save_pretrained(folder)`).")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        if name in files:
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                    json.load(handle)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise OSError(f"{os.path.join(folder, name)!r} is not a valid JSON file ({error}); the file is "
+                              "truncated or corrupted.") from None
+    if not files & set(_TOKENIZER_VOCAB_FILES):
+        raise FileNotFoundError(f"{folder!r} has no tokenizer vocabulary file (one of {list(_TOKENIZER_VOCAB_FILES)}; "
+                                "a CenterFocus tokenizer is saved as tokenizer.json).")
+    if "preprocessor_config.json" not in files:
+        raise FileNotFoundError(f"{folder!r} has no preprocessor_config.json: the image processor settings (image "
+                                "size, normalisation) were not saved there.")
 
 
 class CenterFocusProcessor(ProcessorMixin):
@@ -38,6 +85,23 @@ class CenterFocusProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`ProcessorMixin.from_pretrained`, with clear errors for a local folder whose files are missing or broken:
+        `FileNotFoundError` for a missing tokenizer or image-processor file, `OSError` for an unreadable one (naming
+        the file), where transformers would raise a KeyError, AttributeError or a bare Exception."""
+        source = os.fspath(pretrained_model_name_or_path)
+        subfolder = kwargs.get("subfolder") or ""
+        if isinstance(source, str) and os.path.isdir(os.path.join(source, subfolder)):
+            _check_processor_folder(os.path.join(source, subfolder))
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, ValueError, ImportError, MemoryError):
+            raise
+        except Exception as error:  # e.g. the tokenizers library's bare Exception for a malformed tokenizer.json
+            raise OSError(f"Cannot load a CenterFocusProcessor from {source!r} ({type(error).__name__}: {error}).") \
+                from None
+
     def __call__(
         self,
         images=None,
@@ -51,16 +115,23 @@ class CenterFocusProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Args:
-            images: one image or a list (PIL, numpy or torch); see [`CenterFocusImageProcessor`].
-            text: optional prompt(s) for the encoder, one per image.
+            images: one image or a list (PIL, numpy, torch or image file paths); see [`CenterFocusImageProcessor`].
+            text: optional prompt(s) for the encoder, one per image (`str`; `bytes` are refused: decode them).
             text_target: optional caption(s) to train on, one per image.
             padding: tokenizer padding for prompts (labels are always padded to the longest caption).
-            max_length: longest prompt in tokens; longer prompts are truncated with a warning.
+            max_length: longest prompt in tokens; longer prompts are truncated with a warning. Defaults to the
+                tokenizer's `model_max_length` when that is a real limit (a trained CenterFocus folder sets it to
+                the model's `max_position_embeddings`), else no limit.
             max_target_length: longest caption in tokens including the eos token; truncated with a warning.
+                Defaults like `max_length`.
             return_tensors: `"pt"`, `"np"` or None.
         """
         if images is None and text is None and text_target is None:
             raise ValueError("Pass at least one of `images`, `text` or `text_target`.")
+        _check_length(max_length, "max_length")
+        _check_length(max_target_length, "max_target_length")
+        max_length = self._default_max_length() if max_length is None else max_length
+        max_target_length = self._default_max_length() if max_target_length is None else max_target_length
         data = {}
         if images is not None:
             data.update(self.image_processor(images, return_tensors=None, **image_kwargs))
@@ -71,13 +142,19 @@ class CenterFocusProcessor(ProcessorMixin):
             data["labels"] = self._encode_labels(_as_list(text_target, "text_target"), batch_size, max_target_length)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def _default_max_length(self) -> Optional[int]:
+        """The tokenizer's `model_max_length` when it is a real limit, else None."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return limit if isinstance(limit, int) and 0 < limit < _NO_LENGTH_LIMIT else None
+
     def _encode_prompts(self, prompts: list[str], batch_size: Optional[int], padding, max_length) -> dict:
         if batch_size is not None and len(prompts) != batch_size:
             raise ValueError(f"Got {batch_size} images but {len(prompts)} prompts; pass one prompt per image.")
         encoded = self.tokenizer(prompts, padding=padding, truncation=max_length is not None, max_length=max_length,
                                  return_token_type_ids=False, return_attention_mask=True)
         if max_length is not None:
-            untruncated = self.tokenizer(prompts, return_attention_mask=False)["input_ids"]
+            # verbose=False: the tokenizer's own "longer than the specified maximum" message would mislead here
+            untruncated = self.tokenizer(prompts, return_attention_mask=False, verbose=False)["input_ids"]
             if any(len(ids) > max_length for ids in untruncated):
                 logger.warning(f"A prompt is longer than max_length={max_length} tokens and was truncated.")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
