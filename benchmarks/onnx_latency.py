@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per caption (forced).")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--agreement_images", type=int, default=200)
+    parser.add_argument("--optimize", choices=["O1", "O2", "O3"], help="Also time a graph-optimised fp32 copy.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -85,6 +86,11 @@ def main() -> None:
     processor = CenterFocusProcessor.from_pretrained(model_dir)
     fp32 = load_ort_model(str(onnx_dir))
     int8 = load_ort_model(str(onnx_dir / "int8"))
+    optimized = None
+    if args.optimize:
+        optimized_dir = export_onnx(str(model_dir), str(work / "onnx_optimized"), optimize=args.optimize,
+                                    validate=False)
+        optimized = load_ort_model(str(optimized_dir))
     size = model.config.image_size
     images = load_images(args.data, max(8, args.agreement_images), size)
     forced = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}  # equal work for every backend
@@ -107,11 +113,16 @@ def main() -> None:
                 "ort_fp32": timed(fp32, args.repeats),
                 "ort_int8": timed(int8, args.repeats),
             }
+            if optimized is not None:
+                timings[f"ort_fp32_{args.optimize}"] = timed(optimized, args.repeats)
         results["latency_seconds"][f"batch_{batch}"] = {k: round(v, 4) for k, v in timings.items()}
         results["ratio_to_pytorch"][f"batch_{batch}"] = {
             k: round(v / timings["pytorch_cache"], 3) for k, v in timings.items() if k != "pytorch_cache"}
     captions = {}
-    for name, backend in (("pytorch", model), ("ort_fp32", fp32), ("ort_int8", int8)):
+    backends = [("pytorch", model), ("ort_fp32", fp32), ("ort_int8", int8)]
+    if optimized is not None:
+        backends.append((f"ort_fp32_{args.optimize}", optimized))
+    for name, backend in backends:
         texts = []
         for start in range(0, len(images), 32):
             with torch.inference_mode():
@@ -123,6 +134,9 @@ def main() -> None:
         "ort_fp32_vs_pytorch": sum(a == b for a, b in zip(captions["ort_fp32"], captions["pytorch"])) / len(images),
         "ort_int8_vs_ort_fp32": sum(a == b for a, b in zip(captions["ort_int8"], captions["ort_fp32"])) / len(images),
     }
+    if optimized is not None:
+        results["caption_agreement"][f"ort_fp32_{args.optimize}_vs_pytorch"] = sum(
+            a == b for a, b in zip(captions[f"ort_fp32_{args.optimize}"], captions["pytorch"])) / len(images)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -52,6 +52,7 @@ def test_readme_quickstart_runs_against_a_demo_model(tmp_path, monkeypatch):
     assert namespace["model"].config.model_type == "centerfocus"
 
 
-@pytest.mark.parametrize("path", ["docs/design.md", "docs/deployment.md", "docs/hub.md"])
+@pytest.mark.parametrize("path", ["docs/design.md", "docs/deployment.md", "docs/hub.md", "docs/benchmarks.md",
+                                  "docs/robustness.md"])
 def test_linked_docs_exist(path):
     assert path in README and (ROOT / path).is_file()
