@@ -53,6 +53,6 @@ def test_readme_quickstart_runs_against_a_demo_model(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["docs/design.md", "docs/deployment.md", "docs/hub.md", "docs/benchmarks.md",
-                                  "docs/robustness.md"])
+                                  "docs/robustness.md", "docs/demo.md"])
 def test_linked_docs_exist(path):
     assert path in README and (ROOT / path).is_file()
