@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 
 
 MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
@@ -210,11 +211,7 @@ def main() -> None:
         for measured in results["models"].values():
             if "train_samples_per_second" in measured:
                 measured["train_speed_vs_ved"] = round(measured["train_samples_per_second"] / reference, 3)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

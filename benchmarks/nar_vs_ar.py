@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
@@ -71,11 +72,7 @@ def main() -> None:
         metrics["sample"] = captions[:2]
         results["decoders"][decoder_type] = metrics
         print(decoder_type, json.dumps(metrics), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Every figure is the median of `--repeats` timed runs after one warm-up; ratios a
 """
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 
 from centerfocus import (
     CenterFocusConfig,
@@ -137,10 +137,7 @@ def main() -> None:
     if optimized is not None:
         results["caption_agreement"][f"ort_fp32_{args.optimize}_vs_pytorch"] = sum(
             a == b for a, b in zip(captions[f"ort_fp32_{args.optimize}"], captions["pytorch"])) / len(images)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

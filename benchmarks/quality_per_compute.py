@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
@@ -131,11 +132,7 @@ def main() -> None:
                         train_seconds=round(seconds, 1))
         results["models"][name] = measured
         print(name, json.dumps(measured), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

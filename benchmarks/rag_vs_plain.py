@@ -6,11 +6,11 @@ images' k nearest training captions as the prompt (`--retrieval_index`), one wit
 """
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
@@ -68,11 +68,7 @@ def main() -> None:
     results = {"base_steps": args.base_steps, "steps": args.steps, "k": args.k,
                "mean_reference_words": float(np.mean([len(r.split()) for r in references])),
                "plain": score(plain, images, references), "rag": score(rag, images, references, prompts)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 def _split(data: Path, name: str):
