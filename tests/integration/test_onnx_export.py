@@ -210,3 +210,18 @@ def test_2_4_pattern_survives_fine_tuning_save_and_export(tmp_path, tokenizer):
         for array in matches:
             restored = torch.from_numpy(array.T.copy() if array.shape != weight.shape else array.copy())
             assert sparsity.is_2_4_sparse(restored), name
+
+
+def test_pipeline_uses_the_onnx_runtime_model_with_and_without_a_prompt(exports, tiny_model, tiny_processor,
+                                                                         images):
+    from transformers import pipeline
+
+    for variant, prompt in (("image", None), ("prompt", "describe the image")):
+        model = export.load_ort_model(str(exports[variant]))
+        captioner = pipeline("image-to-text", model=model, tokenizer=tiny_processor.tokenizer,
+                             image_processor=tiny_processor.image_processor)
+        texts = None if prompt is None else [prompt]
+        expected = tiny_processor.batch_decode(tiny_model.generate(**tiny_processor(images=images[:1], text=texts)),
+                                               skip_special_tokens=True)[0]
+        kwargs = {} if prompt is None else {"prompt": prompt}
+        assert captioner(images[0], **kwargs)[0]["generated_text"] == expected
