@@ -418,7 +418,9 @@ class CenterFocusConvStem(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, C, H, W)` -> `(B, stem_channels[-1], G, G)`."""
-        features = pixel_values
+        # channels-last spares oneDNN a layout copy of the 112x112 feature map in the convolutions' backward
+        # (measured: ~6% of a design-size training step on CPU); values are unchanged
+        features = pixel_values.contiguous(memory_format=torch.channels_last)
         for stage in self.stages:
             features = stage(features)
         pruned = self.channel_pruning(features)
