@@ -30,14 +30,7 @@ COMMON = ["--image_size", "64", "--per_device_train_batch_size", "32", "--learni
 def score(model_dir: Path, images, references, prompts=None) -> dict:
     model = CenterFocusForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = CenterFocusProcessor.from_pretrained(model_dir)
-    if prompts is None:
-        captions = caption_images(model, processor, images)
-    else:
-        captions = []
-        for start in range(0, len(images), 64):
-            inputs = processor(images=images[start:start + 64], text=prompts[start:start + 64])
-            output = model.generate(**inputs)
-            captions += [c.strip() for c in processor.batch_decode(output, skip_special_tokens=True)]
+    captions = caption_images(model, processor, images, prompts)
     metrics = compute_caption_metrics(captions, references)
     metrics["exact_match"] = float(np.mean([c == r for c, r in zip(captions, references)]))
     metrics["sample"] = captions[:2]

@@ -6,15 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+from centerfocus.tools.hub import IMPORT_BLOCKER
 
-BLOCKER = '''
-import importlib.abc, sys
-class _BlockCenterFocus(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "centerfocus" or name.startswith("centerfocus."):
-            raise ImportError(f"{name} is blocked in this process")
-        return None
-sys.meta_path.insert(0, _BlockCenterFocus())
+
+BLOCKER = IMPORT_BLOCKER + '''
 try:
     import centerfocus  # noqa: F401
     raise SystemExit("centerfocus should not be importable here")

@@ -989,11 +989,6 @@ def _encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: i
                      f"positions ({num_image_tokens} image tokens + prompt).")
 
 
-def outputs_to_encoder(outputs: Seq2SeqModelOutput) -> BaseModelOutput:
-    """The encoder part of a seq2seq output, as the encoder returned it (without its mask)."""
-    return BaseModelOutput(last_hidden_state=outputs.encoder_last_hidden_state)
-
-
 class CenterFocusModel(CenterFocusPreTrainedModel):
     """The bare CenterFocus encoder-decoder returning decoder hidden states (no language-model head)."""
 
@@ -1269,7 +1264,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return logits.argmax(-1).clamp(min=1)
 
     def _length_loss(self, outputs, labels: torch.Tensor, attention_mask) -> torch.Tensor:
-        encoder_mask = _encoder_attention_mask(outputs_to_encoder(outputs), attention_mask,
+        encoder_mask = _encoder_attention_mask((outputs.encoder_last_hidden_state,), attention_mask,
                                                self.config.num_image_tokens)
         logits = self._length_logits(outputs.encoder_last_hidden_state, encoder_mask)
         lengths = (labels != -100).sum(1).clamp(max=self.config.nar_max_length)

@@ -53,13 +53,15 @@ def generate_data_main(argv: Optional[list[str]] = None) -> Path:
     return path
 
 
-def caption_images(model, processor, images, batch_size: int = 64, **generate_kwargs) -> list[str]:
-    """Greedy (or `generate_kwargs`) captions for a list of PIL images."""
+def caption_images(model, processor, images, prompts: Optional[list[str]] = None, batch_size: int = 64,
+                   **generate_kwargs) -> list[str]:
+    """Greedy (or `generate_kwargs`) captions for a list of PIL images, with one optional prompt per image."""
     captions = []
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            inputs = processor(images=images[start:start + batch_size])
+            texts = None if prompts is None else prompts[start:start + batch_size]
+            inputs = processor(images=images[start:start + batch_size], text=texts)
             output = model.generate(**inputs, **generate_kwargs)
             captions += [c.strip() for c in processor.batch_decode(output, skip_special_tokens=True)]
     return captions

@@ -454,8 +454,6 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--trt_fp16", action="store_true", help="TensorRT: build fp16 engines.")
     parser.add_argument("--trt_engine_cache", help="TensorRT: engine and timing cache folder.")
-    parser.add_argument("--trt_profiles", action="store_true",
-                        help="TensorRT: use the shape profiles written by `centerfocus export --tensorrt`.")
     args = parser.parse_args(argv)
     folder = args.onnx or args.model
     processor = CenterFocusProcessor.from_pretrained(folder)
@@ -469,8 +467,6 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
                                trt_timing_cache_enable="True")
         model = load_ort_model(args.onnx, provider=args.provider, provider_options=options or None,
                                use_merged=False if args.provider == "TensorrtExecutionProvider" else None)
-        if args.trt_profiles:
-            logger.info("Shape profiles are per ONNX file; see tensorrt_profiles.json for trtexec / per-session use.")
     else:
         from ..modeling_centerfocus import CenterFocusForConditionalGeneration
 

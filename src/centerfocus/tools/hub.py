@@ -642,7 +642,8 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
 # Verification
 # ----------------------------------------------------------------------------------------------------------------
 
-_BLOCKER = '''
+# Python source that makes `import centerfocus` fail in the process it runs in (also used by the tests).
+IMPORT_BLOCKER = '''
 import importlib.abc, sys
 class _BlockCenterFocus(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -852,7 +853,7 @@ def verify_repo_folder(folder: PathLike, timeout: float = 300.0) -> str:
                    "snippets": [localize_snippet(code, folder) for code in snippets]}
         logger.info(f"Verifying {folder} in a fresh process without centerfocus (timeout {timeout:.0f} s).")
         try:
-            process = subprocess.run([sys.executable, "-c", _BLOCKER + _VERIFY_SCRIPT, json.dumps(payload)],
+            process = subprocess.run([sys.executable, "-c", IMPORT_BLOCKER + _VERIFY_SCRIPT, json.dumps(payload)],
                                      capture_output=True, text=True, timeout=timeout, cwd=work,
                                      env=_clean_environment(str(Path(work) / "modules")))
         except subprocess.TimeoutExpired as error:

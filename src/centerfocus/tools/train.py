@@ -275,12 +275,9 @@ def freeze_vision_layers(model: CenterFocusForConditionalGeneration, count: int)
     layers = model.model.encoder.vision_layers()
     if count > len(layers):
         raise ValueError(f"--freeze_vision_layers {count}: the model has only {len(layers)} image-encoder layers.")
-    frozen = []
     for layer in layers[:count]:
-        for parameter in layer.parameters():
-            parameter.requires_grad_(False)
-    frozen_ids = {id(p) for layer in layers[:count] for p in layer.parameters()}
-    frozen = [name for name, p in model.named_parameters() if id(p) in frozen_ids]
+        layer.requires_grad_(False)
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     logger.info(f"Froze {count} image-encoder layers ({len(frozen)} tensors).")
     return frozen
 
