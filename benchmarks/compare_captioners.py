@@ -6,7 +6,8 @@ same width and depth with random weights (nothing downloaded): VisionEncoderDeco
 
 For each model, in a fresh subprocess (so peak memory is its own): parameters, FLOPs per training example
 (torch.utils.flop_counter over forward + backward), training samples/s (AdamW step included; median of --steps
-steps after a warm-up), the fraction of the measured fp32 matmul peak that represents, peak RSS, and generate()
+steps after a warm-up), the fraction of the measured fp32 matmul peak that represents (the peak is also re-measured
+between the timed steps, since the shared machine drifts), peak RSS, and generate()
 latency for 32 new tokens with and without the KV cache at batch 1 and 8 (medians).
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
+from common import count_cpu_flash_attention, report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 
 
 MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
@@ -126,6 +127,11 @@ def generate_latency(model, name: str, batch: int, use_cache: bool, repeats: int
 def measure(name: str, args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
+    if args.allocator == "keep":
+        from centerfocus.tools.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    count_cpu_flash_attention()
     model, loss_fn = build(name, args.width, args.layers, args.heads)
     model.train()
     batch = args.batch_size
@@ -144,11 +150,12 @@ def measure(name: str, args) -> dict:
 
     step()
     step()
-    times = []
-    for _ in range(args.steps):
+    times, peaks = [], []
+    for _ in range(args.steps):  # the machine's speed drifts: the peak is re-measured between the timed steps
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        peaks.append(matmul_peak_gflops(repeats=3))
     step_seconds = statistics.median(times)
     model.eval()
     result = {
@@ -156,6 +163,10 @@ def measure(name: str, args) -> dict:
         "train_gflops_per_example": round(flops_per_example / 1e9, 2),
         "train_samples_per_second": round(batch / step_seconds, 3),
         "train_achieved_gflops": round(flops_per_example * batch / step_seconds / 1e9, 1),
+        "interleaved_matmul_peak_gflops": round(statistics.median(peaks), 1),
+        "fraction_of_interleaved_peak": round(statistics.median(
+            flops_per_example * batch / t / 1e9 / p for t, p in zip(times, peaks)), 3),
+        "allocator": "keep_freed_memory" if args.allocator == "keep" else "glibc_default",
     }
     for batch_size in (1, 8) if not args.train_only else ():
         for use_cache in (True, False):
@@ -177,6 +188,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--generate_repeats", type=int, default=3)
     parser.add_argument("--skip_no_cache_batch8", action="store_true")
+    parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
+                        help="'keep': glibc malloc reuses freed memory (centerfocus.tools.allocator), applied to every "
+                             "model alike; 'default': glibc's own setting.")
     parser.add_argument("--train_only", action="store_true",
                         help="Measure training only and update those fields of an existing --out file.")
     parser.add_argument("--out", type=Path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
+from common import count_cpu_flash_attention, report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
@@ -73,6 +73,7 @@ def build(name: str, tokenizer, image_size: int):
 def training_flops(model, collator, rows) -> float:
     batch = collator(rows)
     model.train()
+    count_cpu_flash_attention()
     with FlopCounterMode(display=False) as counter:
         model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.backward()
     model.zero_grad(set_to_none=True)
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["centerfocus", "centerfocus_foveated",
                                                         "vision_encoder_decoder"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--flops_only", action="store_true",
+                        help="Only recount the training FLOPs and update them in an existing --out file.")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cf-quality-"))
     data = generate_caption_dataset(work / "data", num_train=2000, num_test=200, image_size=64, seed=0)
@@ -116,6 +119,9 @@ def main() -> None:
         set_seed(0)
         model = build(name, tokenizer, 64)
         flops_per_step = training_flops(model, collator, [splits["train"][i] for i in range(args.batch_size)])
+        if args.flops_only:
+            results["models"][name] = {"training_tflops": round(flops_per_step * args.steps / 1e12, 2)}
+            continue
         training_args = Seq2SeqTrainingArguments(
             output_dir=str(work / name), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=1e-3, warmup_ratio=0.05, lr_scheduler_type="cosine", weight_decay=0.01, use_cpu=True,
@@ -132,6 +138,11 @@ def main() -> None:
                         train_seconds=round(seconds, 1))
         results["models"][name] = measured
         print(name, json.dumps(measured), flush=True)
+    if args.flops_only and args.out and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        for name, counted in results["models"].items():
+            previous["models"].setdefault(name, {}).update(counted)
+        results = previous
     report(results, args.out)
 
 

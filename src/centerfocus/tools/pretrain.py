@@ -17,6 +17,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForImageClassification
+from .allocator import keep_freed_memory
 from .caption_data import load_image_dataset
 from .train import MODEL_PRESETS, _parse_overrides
 
@@ -98,6 +99,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if flag not in given:
             argv += [flag, value]
     args, training_args = HfArgumentParser((PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    keep_freed_memory()  # see centerfocus.tools.allocator; CENTERFOCUS_KEEP_FREED_MEMORY=0 turns it off
     return run_pretraining(args, training_args)
 
 

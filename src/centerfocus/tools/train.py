@@ -30,6 +30,7 @@ from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification
 from ..processing_centerfocus import CenterFocusProcessor
+from .allocator import keep_freed_memory
 from .caption_data import CaptionCollator, check_caption_dataset, load_image_dataset
 from .tokenizer import train_caption_tokenizer
 
@@ -81,6 +82,9 @@ class ModelArguments:
         "help": "Comma-separated module names (or one regex) that get LoRA adapters."})
     merge_lora: bool = field(default=False, metadata={
         "help": "Merge the adapters into the weights and save a plain model (adapters are saved too)."})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "Let glibc's malloc reuse freed memory instead of re-faulting fresh pages every step (~10% of a "
+                "design-size CPU training step; values unchanged; see centerfocus.tools.allocator)."})
 
 
 @dataclass
@@ -491,6 +495,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataAr
 def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, training_args = parse_args(argv)
+    if model_args.keep_freed_memory:
+        keep_freed_memory()
     metrics = run_training(model_args, data_args, training_args)
     logger.info("Metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     return metrics
