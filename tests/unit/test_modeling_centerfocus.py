@@ -395,3 +395,37 @@ def test_non_autoregressive_refinement_changes_only_low_confidence_tokens():
         eos = (expected[row, :n] == model.config.eos_token_id).nonzero()
         cut = int(eos[0]) if len(eos) else n
         assert torch.equal(got[:cut], expected[row, :cut])
+
+
+def test_training_forward_compiles_to_one_graph_with_unchanged_results():
+    """torch.compile-friendliness: the whole training forward (vision stem, encoder, decoder, losses) traces as one
+    graph (`fullgraph=True` raises on any graph break), and loss and gradients equal eager mode."""
+    import torch._dynamo
+
+    batch = _batch(CenterFocusConfig(**tiny_config_kwargs()))
+    results = []
+    for compiled in (False, True):
+        model = _model().train()
+        forward = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        loss = forward(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch._dynamo.reset()
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cached_generation_with_a_compiled_forward_matches_eager():
+    """Every decoding step (encoder once, then the cached decoder with `EncoderDecoderCache`) traces without a graph
+    break, and greedy captions are unchanged."""
+    import torch._dynamo
+
+    model = _model().eval()
+    pixel_values = torch.randn(2, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        eager = model.generate(pixel_values=pixel_values, max_new_tokens=6, min_new_tokens=6)
+        model.forward = torch.compile(model.forward, backend="aot_eager", fullgraph=True)
+        compiled = model.generate(pixel_values=pixel_values, max_new_tokens=6, min_new_tokens=6)
+    torch._dynamo.reset()
+    assert torch.equal(eager, compiled)

@@ -1,0 +1,145 @@
+"""Micro-benchmarks behind the design-size model's CPU speed choices (768 wide, 12 heads, batch 8 x 196 image tokens,
+vocabulary 30522), each a median over repeated runs in one process unless noted:
+
+* separate q/k/v projections against one fused 768 -> 2304 projection (forward + backward);
+* the scaled_dot_product_attention kernels for the encoder's 196 x 196 attention (forward + backward);
+* the tied 30522 x 768 embedding gradient: allocating and zero-filling 94 MB per step, in a fresh process with glibc's
+  default malloc and in one with `centerfocus.tools.allocator.keep_freed_memory()`;
+* batch-1 decoding's weight traffic: the decoder reads every weight once per new token, so the time of those matrix-
+  vector products is a floor for any fp32 runtime (PyTorch or ONNX Runtime) at batch 1.
+
+    python benchmarks/micro_ops.py --out docs/benchmarks/micro_ops.json
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+
+
+WIDTH, HEADS, TOKENS, BATCH, VOCAB, INNER, DECODER_LAYERS = 768, 12, 196, 8, 30522, 3072, 6
+
+
+def median_ms(function, repeats: int) -> float:
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def qkv(repeats: int) -> dict:
+    torch.manual_seed(0)
+    hidden = torch.randn(BATCH, TOKENS, WIDTH, requires_grad=True)
+    separate = [torch.nn.Linear(WIDTH, WIDTH) for _ in range(3)]
+    fused = torch.nn.Linear(WIDTH, 3 * WIDTH)
+    grads = [torch.randn(BATCH, TOKENS, WIDTH) for _ in range(3)]
+
+    def run_separate():
+        torch.autograd.backward([layer(hidden) for layer in separate], grads)
+
+    def run_fused():
+        torch.autograd.backward(list(fused(hidden).split(WIDTH, dim=-1)), grads)
+
+    times = {}
+    for _ in range(2):  # alternate, so a drift of the machine's speed hits both
+        times.setdefault("separate_ms", []).append(median_ms(run_separate, repeats))
+        times.setdefault("fused_ms", []).append(median_ms(run_fused, repeats))
+    return {k: min(v) for k, v in times.items()}
+
+
+def attention(repeats: int) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    shape = (BATCH, HEADS, TOKENS, WIDTH // HEADS)
+    query, key, value = (torch.randn(shape, requires_grad=True) for _ in range(3))
+    grad = torch.randn(shape)
+    result = {}
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH)):
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(query, key, value).backward(grad)
+        result[f"sdpa_{name}_ms"] = median_ms(run, repeats)
+    return result
+
+
+GRADIENT_FILL = """
+import json, statistics, sys, time, torch
+if sys.argv[1] == "keep":
+    from centerfocus.tools.allocator import keep_freed_memory
+    assert keep_freed_memory()
+times = []
+for _ in range(23):
+    start = time.perf_counter()
+    grad = torch.zeros(30522, 768)  # what the embedding's backward allocates every step
+    grad.index_add_(0, torch.randint(0, 30522, (256,)), torch.randn(256, 768))
+    total = grad + grad  # the tied output layer's gradient is added to it
+    del grad, total
+    times.append(time.perf_counter() - start)
+print(json.dumps(round(statistics.median(times[3:]) * 1e3, 2)))
+"""
+
+
+def gradient_fill() -> dict:
+    result = {}
+    for mode in ("default", "keep"):
+        output = subprocess.run([sys.executable, "-c", GRADIENT_FILL, mode], capture_output=True, text=True,
+                                check=True)
+        result[f"embedding_gradient_{mode}_malloc_ms"] = json.loads(output.stdout.strip().splitlines()[-1])
+    return result
+
+
+def decoding_floor(repeats: int) -> dict:
+    """Matrix-vector products over the weights one batch-1 decoding step reads (self-attention q/k/v/o, cross-attention
+    q/o, feed-forward, output layer; cross-attention keys/values are computed once per caption)."""
+    torch.manual_seed(0)
+    square = [torch.randn(WIDTH, WIDTH) for _ in range(6 * DECODER_LAYERS)]
+    up = [torch.randn(INNER, WIDTH) for _ in range(DECODER_LAYERS)]
+    down = [torch.randn(WIDTH, INNER) for _ in range(DECODER_LAYERS)]
+    head = torch.randn(VOCAB, WIDTH)
+    x, x_inner = torch.randn(1, WIDTH), torch.randn(1, INNER)
+
+    def step():
+        for weight in square:
+            F.linear(x, weight)
+        for weight in up:
+            F.linear(x, weight)
+        for weight in down:
+            F.linear(x_inner, weight)
+        F.linear(x, head)
+
+    weights = sum(w.numel() for w in (*square, *up, *down, head))
+    step_ms = median_ms(step, repeats)
+    return {"decoder_step_weights_m": round(weights / 1e6, 1), "decoder_step_weight_mb": round(weights * 4 / 1e6, 1),
+            "weight_matvec_floor_ms_per_token": step_ms,
+            "effective_bandwidth_gb_s": round(weights * 4 / step_ms / 1e6, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "processor": platform.processor() or platform.machine()},
+               "qkv_projection_forward_backward": qkv(args.repeats),
+               "encoder_attention_forward_backward": attention(args.repeats),
+               "tied_embedding_gradient_per_step": gradient_fill(),
+               "batch1_decoding_weight_traffic": decoding_floor(args.repeats)}
+    report(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
