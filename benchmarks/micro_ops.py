@@ -6,7 +6,9 @@ vocabulary 30522), each a median over repeated runs in one process unless noted:
 * the tied 30522 x 768 embedding gradient: allocating and zero-filling 94 MB per step, in a fresh process with glibc's
   default malloc and in one with `centerfocus.tools.allocator.keep_freed_memory()`;
 * batch-1 decoding's weight traffic: the decoder reads every weight once per new token, so the time of those matrix-
-  vector products is a floor for any fp32 runtime (PyTorch or ONNX Runtime) at batch 1.
+  vector products is a floor for any fp32 runtime (PyTorch or ONNX Runtime) at batch 1;
+* with `--compile_step`: the design-size CenterFocus training step (batch 8, AdamW fused) in eager mode and under
+  `torch.compile` (inductor), alternating steps in one process.
 
     python benchmarks/micro_ops.py --out docs/benchmarks/micro_ops.json
 """
@@ -127,9 +129,44 @@ def decoding_floor(repeats: int) -> dict:
             "effective_bandwidth_gb_s": round(weights * 4 / step_ms / 1e6, 1)}
 
 
+def compile_step(steps: int) -> dict:
+    from compare_captioners import CAPTION_TOKENS, build
+
+    from centerfocus.tools.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    model, _ = build("centerfocus", WIDTH, DECODER_LAYERS, HEADS)
+    model.train()
+    compiled = torch.compile(model)
+    pixels = torch.randn(BATCH, 3, 224, 224)
+    labels = torch.randint(1000, VOCAB, (BATCH, CAPTION_TOKENS))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step(forward):
+        optimizer.zero_grad(set_to_none=True)
+        forward(pixel_values=pixels, labels=labels).loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step(compiled)
+    compile_seconds = time.perf_counter() - start
+    for forward in (compiled, model):
+        step(forward)
+    times = {"eager": [], "compiled": []}
+    for _ in range(steps):
+        for name, forward in (("eager", model), ("compiled", compiled)):
+            start = time.perf_counter()
+            step(forward)
+            times[name].append(time.perf_counter() - start)
+    return {"first_compiled_step_s": round(compile_seconds, 1),
+            **{f"{name}_step_s": round(statistics.median(values), 3) for name, values in times.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--compile_step", type=int, default=0, metavar="STEPS",
+                        help="Also time STEPS alternating eager / torch.compile design-size training steps.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -138,6 +175,8 @@ def main() -> None:
                "encoder_attention_forward_backward": attention(args.repeats),
                "tied_embedding_gradient_per_step": gradient_fill(),
                "batch1_decoding_weight_traffic": decoding_floor(args.repeats)}
+    if args.compile_step:
+        results["training_step_eager_vs_compiled"] = compile_step(args.compile_step)
     report(results, args.out)
 
 
