@@ -1,0 +1,64 @@
+"""The benchmark scripts' own measuring code: the FLOP formula they add for CPU flash attention, and a small run of the
+captioner comparison (no timings are asserted)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from centerfocus import CenterFocusConfig, CenterFocusForConditionalGeneration
+
+from ..conftest import tiny_config_kwargs
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_common():
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_flops(implementation: str) -> int:
+    torch.manual_seed(0)
+    config = CenterFocusConfig(**tiny_config_kwargs(attn_implementation=implementation))
+    model = CenterFocusForConditionalGeneration(config).train()
+    pixel_values = torch.randn(2, 3, config.image_size, config.image_size)
+    labels = torch.randint(4, config.vocab_size, (2, 6))
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+    return counter.get_total_flops()
+
+
+def test_sdpa_on_cpu_counts_the_same_flops_as_eager_attention():
+    load_common().count_cpu_flash_attention()
+    load_common().count_cpu_flash_attention()  # idempotent
+    eager = training_flops("eager")
+    assert training_flops("sdpa") == eager
+    assert eager > 0
+
+
+def test_comparison_script_runs_and_reports_every_field(tmp_path):
+    out = tmp_path / "compare.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare_captioners.py"), "--width", "32", "--heads", "4", "--layers", "1",
+         "--steps", "1", "--train_only", "--models", "centerfocus", "centerfocus_foveated", "vision_encoder_decoder",
+         "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    models = json.loads(out.read_text())["models"]
+    assert set(models) == {"centerfocus", "centerfocus_foveated", "vision_encoder_decoder"}
+    for name, measured in models.items():
+        assert "error" not in measured, (name, measured)
+        assert measured["train_samples_per_second"] > 0
+        assert 0 < measured["fraction_of_interleaved_peak"] < 1.5
+        assert measured["allocator"] == "keep_freed_memory"
+    # fewer image tokens, fewer FLOPs; the same parameters
+    assert models["centerfocus_foveated"]["train_gflops_per_example"] < models["centerfocus"]["train_gflops_per_example"]
+    assert models["centerfocus_foveated"]["parameters_m"] == models["centerfocus"]["parameters_m"]
+    assert models["vision_encoder_decoder"]["train_speed_vs_ved"] == 1.0
