@@ -8,7 +8,8 @@ batch 8) that was ~10% of the step (`aten::fill_` of the embedding gradient alon
 
 `keep_freed_memory()` tells glibc to serve all blocks from its heap and to keep freed memory for reuse instead of
 returning it to the system. Values are unchanged; the process keeps its peak memory until it exits (the peak itself
-does not grow). Benchmarks apply it to every model they compare (`benchmarks/compare_captioners.py`).
+stayed within ~1% in the benchmarks). Allocations made by other threads above their arena's 64 MiB heap still fall
+back to mmap. Benchmarks apply it to every model they compare (`benchmarks/compare_captioners.py`).
 """
 
 import ctypes
