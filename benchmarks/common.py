@@ -1,6 +1,9 @@
 """Shared by the benchmark scripts."""
 
 import json
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +15,18 @@ def report(results: dict, out: Optional[Path]) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `repeats` calls of `function` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def count_cpu_flash_attention() -> None:

@@ -24,7 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import count_cpu_flash_attention, report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+from common import (  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+    count_cpu_flash_attention,
+    median_seconds,
+    report,
+)
 
 
 MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
@@ -36,13 +40,7 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
     """Median fp32 GFLOP/s of a large square matmul: the practical peak of this CPU with this torch build. The output
     is preallocated: a fresh 16 MB result per call would time glibc's page faults too (3-5% lower, and noisier)."""
     a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
-    torch.matmul(a, b, out=out)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return 2 * size**3 / median_seconds(lambda: torch.matmul(a, b, out=out), repeats) / 1e9
 
 
 def build(name: str, width: int, layers: int, heads: int):
@@ -116,13 +114,7 @@ def generate_latency(model, name: str, batch: int, use_cache: bool, repeats: int
     if name == "git":
         kwargs.update(pad_token_id=0, eos_token_id=102)
     with torch.inference_mode():
-        model.generate(pixel_values=pixels, **kwargs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.generate(pixel_values=pixels, **kwargs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(lambda: model.generate(pixel_values=pixels, **kwargs), repeats)
 
 
 def measure(name: str, args) -> dict:

@@ -24,21 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+from common import median_seconds, report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 
 
 WIDTH, HEADS, TOKENS, BATCH, VOCAB, INNER, DECODER_LAYERS = 768, 12, 196, 8, 30522, 3072, 6
 
 
 def median_ms(function, repeats: int) -> float:
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 2)
+    return round(median_seconds(function, repeats, warmup=3) * 1e3, 2)
 
 
 def qkv(repeats: int) -> dict:

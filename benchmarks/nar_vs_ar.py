@@ -7,14 +7,12 @@ held-out quality.
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
+from common import median_seconds, report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
@@ -27,13 +25,7 @@ from centerfocus.tools.metrics import compute_caption_metrics
 def captions_per_second(model, processor, images, batch: int, repeats: int, **kwargs) -> float:
     inputs = processor(images=images[:batch])
     with torch.inference_mode():
-        model.generate(**inputs, **kwargs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.generate(**inputs, **kwargs)
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+        return batch / median_seconds(lambda: model.generate(**inputs, **kwargs), repeats)
 
 
 def main() -> None:

@@ -9,14 +9,12 @@ Every figure is the median of `--repeats` timed runs after one warm-up; ratios a
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from common import report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
+from common import median_seconds, report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 
 from centerfocus import (
     CenterFocusConfig,
@@ -25,16 +23,6 @@ from centerfocus import (
     CenterFocusProcessor,
 )
 from centerfocus.tools.export import export_onnx, load_ort_model
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up (also builds ORT's kernels)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def random_model_folder(size: str, folder: Path) -> Path:

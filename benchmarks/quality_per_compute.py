@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from common import count_cpu_flash_attention, report  # benchmarks/ is run as scripts: python benchmarks/NAME.py
 from datasets import load_dataset
@@ -30,6 +29,7 @@ from centerfocus import (
 )
 from centerfocus.tools.caption_data import CaptionCollator
 from centerfocus.tools.data import generate_caption_dataset
+from centerfocus.tools.demo import caption_images
 from centerfocus.tools.metrics import compute_caption_metrics
 from centerfocus.tools.tokenizer import train_caption_tokenizer
 from centerfocus.tools.train import center_phrase
@@ -81,13 +81,7 @@ def training_flops(model, collator, rows) -> float:
 
 
 def evaluate(model, processor, test) -> dict:
-    model.eval()
-    captions = []
-    with torch.inference_mode():
-        for start in range(0, len(test), 64):
-            inputs = processor(images=list(test["image"][start:start + 64]))
-            output = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=24, num_beams=1)
-            captions += [c.strip() for c in processor.batch_decode(output, skip_special_tokens=True)]
+    captions = caption_images(model, processor, list(test["image"]), max_new_tokens=24, num_beams=1)
     references = [t.strip() for t in test["text"]]
     metrics = compute_caption_metrics(captions, references)
     metrics["center_phrase_exact_match"] = float(np.mean([center_phrase(c) == p
