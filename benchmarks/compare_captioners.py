@@ -84,9 +84,9 @@ def build(name: str, width: int, layers: int, heads: int):
     if name == "blip":
         config = BlipConfig(vision_config=dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                                                intermediate_size=inner, image_size=224, patch_size=16),
-                            text_config=dict(vocab_size=VOCAB + 2, hidden_size=width,  # + BLIP's [DEC], [ENC] num_hidden_layers=layers,
-                                             num_attention_heads=heads, intermediate_size=inner,
-                                             encoder_hidden_size=width))
+                            text_config=dict(vocab_size=VOCAB + 2,  # + BLIP's [DEC], [ENC] tokens
+                                             hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                             intermediate_size=inner, encoder_hidden_size=width))
         model = BlipForConditionalGeneration(config)
         return model, lambda pixels, labels: model(pixel_values=pixels, input_ids=labels.clamp(min=0),
                                                    labels=labels).loss
@@ -178,14 +178,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--generate_repeats", type=int, default=3)
     parser.add_argument("--skip_no_cache_batch8", action="store_true")
     parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
                         help="'keep': glibc malloc reuses freed memory (centerfocus.tools.allocator), applied to every "
                              "model alike; 'default': glibc's own setting.")
-    parser.add_argument("--train_only", action="store_true",
-                        help="Measure training only and update those fields of an existing --out file.")
+    parser.add_argument("--train_only", action="store_true", help="Measure training only (no generate()).")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
     args = parser.parse_args()
@@ -199,10 +198,7 @@ def main() -> None:
                "setup": {"width": args.width, "layers": args.layers, "heads": args.heads,
                          "batch_size": args.batch_size, "caption_tokens": CAPTION_TOKENS, "image_size": 224,
                          "vocab_size": VOCAB, "optimizer": "AdamW fused", "timed_steps": args.steps}, "models": {}}
-    if args.train_only and args.out and args.out.exists():
-        previous = json.loads(args.out.read_text())
-        results["models"] = previous["models"]
-    forwarded = [a for a in sys.argv[1:] if a not in ("--out",) and not a.endswith(".json")]
+    forwarded = sys.argv[1:]  # the --one child measures and prints; it never writes --out
     for name in args.models:
         output = subprocess.run([sys.executable, __file__, "--one", name, *forwarded], capture_output=True,
                                 text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
@@ -211,7 +207,7 @@ def main() -> None:
             continue
         measured = json.loads(output.stdout.strip().splitlines()[-1])
         measured["fraction_of_matmul_peak"] = round(measured["train_achieved_gflops"] / peak, 3)
-        results["models"][name] = {**results["models"].get(name, {}), **measured}
+        results["models"][name] = measured
         print(name, json.dumps(measured), flush=True)
     reference = results["models"].get("vision_encoder_decoder", {}).get("train_samples_per_second")
     if reference:

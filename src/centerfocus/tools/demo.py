@@ -116,7 +116,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--config_overrides", default=DEMO_CONFIG, help="Model config (see centerfocus train).")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     output = Path(args.output_dir)
     data_dir = generate_caption_dataset(output / "data", num_train=args.num_train, num_test=args.num_test,
                                         image_size=args.image_size, seed=args.seed,

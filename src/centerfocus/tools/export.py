@@ -199,6 +199,9 @@ def _copy_support_files(model_dir: Path, output: Path) -> None:
             shutil.copy2(path, output / path.name)
 
 
+OPTIMIZATION_LEVELS = {"O1": "ORT_ENABLE_BASIC", "O2": "ORT_ENABLE_EXTENDED", "O3": "ORT_ENABLE_ALL"}
+
+
 def optimize_onnx(folder: Path, level: str) -> list[Path]:
     """Offline graph optimisation with ONNX Runtime (`O1` basic, `O2` extended, `O3` all) of every ONNX file in
     `folder`, in place. Optimum's ORTOptimizer only knows its built-in model types, so the runtime's own optimiser is
@@ -206,14 +209,12 @@ def optimize_onnx(folder: Path, level: str) -> list[Path]:
     norm), so those graphs run on ONNX Runtime only."""
     import onnxruntime as ort
 
-    levels = {"O1": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "O2": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "O3": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if level not in levels:
-        raise ValueError(f"--optimize must be one of {sorted(levels)}, got {level!r}.")
+    if level not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"--optimize must be one of {list(OPTIMIZATION_LEVELS)}, got {level!r}.")
     done = []
     for path in sorted(folder.glob("*.onnx")):
         options = ort.SessionOptions()
-        options.graph_optimization_level = levels[level]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[level])
         target = path.with_suffix(".optimized.onnx")
         options.optimized_model_filepath = str(target)
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -249,6 +250,10 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
 
     if task not in TASKS:
         raise ValueError(f"--task must be one of {TASKS}, got {task!r}.")
+    if quantize not in (None, "int8"):  # checked before the export, which is the slow part
+        raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
+    if optimize not in (None, *OPTIMIZATION_LEVELS):
+        raise ValueError(f"--optimize must be one of {list(OPTIMIZATION_LEVELS)}, got {optimize!r}.")
     if variant not in CenterFocusOnnxConfig.VARIANTS:
         raise ValueError(f"--variant must be one of {sorted(CenterFocusOnnxConfig.VARIANTS)}, got {variant!r}.")
     model_path, output = Path(model_dir), Path(output_dir)
@@ -258,8 +263,6 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
                 do_validation=validate, no_post_process=not merge, library_name="transformers")
     _copy_support_files(model_path, output)
     if quantize:  # from the plain export: the quantizer's shape inference does not know optimised (fused) graphs
-        if quantize != "int8":
-            raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
         quantize_int8(output, output / "int8")
     if optimize:
         optimize_onnx(output, optimize)
@@ -402,7 +405,7 @@ def export_main(argv: Optional[list[str]] = None) -> Path:
     parser.add_argument("--task", default="image-to-text-with-past", choices=TASKS)
     parser.add_argument("--variant", default="image", choices=sorted(CenterFocusOnnxConfig.VARIANTS))
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--optimize", choices=["O1", "O2", "O3"], help="ONNX Runtime graph optimisation level.")
+    parser.add_argument("--optimize", choices=list(OPTIMIZATION_LEVELS), help="ONNX Runtime graph optimisation level.")
     parser.add_argument("--quantize", choices=["int8"], help="Also write an INT8 dynamically quantized copy to int8/.")
     parser.add_argument("--tensorrt", action="store_true",
                         help="Check TensorRT readiness (operators, static image dims) and write tensorrt_profiles.json.")

@@ -6,6 +6,7 @@ cosine similarity with a torch matrix product (the training sets here are small;
 same neighbours for large ones).
 """
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -36,6 +37,11 @@ def image_embeddings(model: CenterFocusForConditionalGeneration, processor: Cent
     return torch.cat(chunks)
 
 
+def load_embedder(model_dir: str) -> tuple[CenterFocusForConditionalGeneration, CenterFocusProcessor]:
+    """The model and processor whose encoder embeds images for an index."""
+    return CenterFocusForConditionalGeneration.from_pretrained(model_dir), CenterFocusProcessor.from_pretrained(model_dir)
+
+
 class CaptionIndex:
     """Image embeddings with their captions; `search` returns the exact k nearest neighbours by cosine similarity."""
 
@@ -48,9 +54,12 @@ class CaptionIndex:
 
     @classmethod
     def build(cls, model_dir: str, images: list, captions: list[str]) -> "CaptionIndex":
-        model = CenterFocusForConditionalGeneration.from_pretrained(model_dir)
-        processor = CenterFocusProcessor.from_pretrained(model_dir)
-        return cls(image_embeddings(model, processor, images), list(captions), str(Path(model_dir).resolve()))
+        return cls(image_embeddings(*load_embedder(model_dir), images), list(captions), str(Path(model_dir).resolve()))
+
+    @functools.cached_property
+    def embedder(self) -> tuple[CenterFocusForConditionalGeneration, CenterFocusProcessor]:
+        """The index's own embedding model and processor, loaded once per index."""
+        return load_embedder(self.embedding_model)
 
     def save(self, folder: str) -> Path:
         path = Path(folder)
@@ -85,9 +94,7 @@ class CaptionIndex:
 
 def retrieval_prompts(index: CaptionIndex, images: list, k: int, exclude_identical: bool = False) -> list[str]:
     """Prompts for `images` from `index`, embedded with the index's own embedding model."""
-    model = CenterFocusForConditionalGeneration.from_pretrained(index.embedding_model)
-    processor = CenterFocusProcessor.from_pretrained(index.embedding_model)
-    return index.prompts(image_embeddings(model, processor, images), k, exclude_identical)
+    return index.prompts(image_embeddings(*index.embedder, images), k, exclude_identical)
 
 
 def main(argv: Optional[list[str]] = None) -> Path:

@@ -73,10 +73,14 @@ class KeepSparsityCallback(TrainerCallback):
         parameters = dict(model.named_parameters())
         self.pairs = [(parameters[name], mask) for name, mask in masks.items()]
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the Trainer has placed the model by now: move the masks once, not after every step
+        self.pairs = [(parameter, mask.to(parameter.device, parameter.dtype)) for parameter, mask in self.pairs]
+
     @torch.no_grad()
     def on_step_end(self, args, state, control, **kwargs):
         for parameter, mask in self.pairs:
-            parameter.mul_(mask.to(parameter.device, parameter.dtype))
+            parameter.mul_(mask)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -129,9 +133,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "--dataset", args.dataset, "--model_name_or_path", str(output), "--output_dir", str(output),
             "--max_steps", str(args.finetune_steps), "--learning_rate", str(args.learning_rate),
             "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no", "--report_to", "none"])
-        sparse_model = CenterFocusForConditionalGeneration.from_pretrained(output)
-        callback = KeepSparsityCallback(sparse_model, masks)
-        train.run_training(model_args, data_args, training_args, callbacks=[callback], model=sparse_model)
+        callback = KeepSparsityCallback(model, masks)  # the pruned model just saved to `output`
+        train.run_training(model_args, data_args, training_args, callbacks=[callback], model=model)
         model = CenterFocusForConditionalGeneration.from_pretrained(output).eval()
         report["pruned_finetuned"] = quality(model)
     report["pruned_weights"] = sorted(masks)

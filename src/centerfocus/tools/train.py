@@ -115,12 +115,12 @@ class DataArguments:
 
 def _parse_overrides(text: Optional[str]) -> dict:
     """`"a=1,b=x,c=2|3"` -> `{"a": 1, "b": "x", "c": (2, 3)}` (JSON values where they parse)."""
-    overrides = {}
+    overrides, fields = {}, CenterFocusConfig().to_dict()
     for item in filter(None, (text or "").split(",")):
         if "=" not in item:
             raise ValueError(f"--config_overrides item {item!r} is not of the form key=value.")
         key, value = (part.strip() for part in item.split("=", 1))
-        if key not in CenterFocusConfig().to_dict():
+        if key not in fields:
             raise ValueError(f"--config_overrides: {key!r} is not a CenterFocusConfig field.")
         parts = [_json_or_str(v) for v in value.split("|")]
         overrides[key] = tuple(parts) if "|" in value else parts[0]
@@ -299,8 +299,7 @@ def apply_lora(model, model_args: ModelArguments, training_args: Seq2SeqTraining
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # hooks the image tokens too, so encoder adapters get gradients
     peft_model = get_peft_model(model, config)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
+    trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(f"LoRA: {trainable:,} trainable of {total:,} parameters.")
     return peft_model
 
