@@ -355,6 +355,10 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("stem_channels", "stem_kernel_sizes", "stem_strides"):
             _check(all(isinstance(v, int) and v > 0 for v in getattr(self, name)),
                    f"`{name}` must hold positive integers, got {getattr(self, name)!r}.")
+        # "same" padding (kernel // 2) keeps the size at stride 1 only for odd kernels; an even kernel adds a row and
+        # a column, which the fixed token-grid pooling would silently drop
+        _check(all(k % 2 == 1 for k in self.stem_kernel_sizes),
+               f"`stem_kernel_sizes` must be odd, got {self.stem_kernel_sizes!r}.")
         _check(all(_is_number(s) and s > 0 for s in self.center_sigmas),
                f"`center_sigmas` must be numbers > 0, got {self.center_sigmas!r}.")
         _check(_is_number(self.center_weighting_floor) and 0.0 <= self.center_weighting_floor < 1.0,

@@ -844,16 +844,16 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)  # (B, S, D)
         batch, length = hidden_states.shape[:2]
         num_image_tokens = self.image_attention_mask.shape[0]
-        image_mask = torch.ones(batch, num_image_tokens, dtype=torch.long, device=hidden_states.device)
-        prompt_mask = hidden_states.new_ones(batch, length - num_image_tokens, dtype=torch.long)
-        if attention_mask is not None and length > num_image_tokens:
-            prompt_mask = attention_mask.to(torch.long)
-        full_mask = torch.cat([image_mask, prompt_mask], dim=1)  # (B, S)
-        structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, length - num_image_tokens,
-                                           CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
-        if self.dense_attention:
-            structure = None  # no sparsity pattern: let SDPA take its unmasked path unless there is padding
-        padding = full_mask if attention_mask is not None else None
+        text_length = length - num_image_tokens
+        padding = None  # (B, S) over [image ; prompt], only when the caller gave a mask
+        if attention_mask is not None:
+            image_mask = torch.ones(batch, num_image_tokens, dtype=torch.long, device=hidden_states.device)
+            prompt_mask = attention_mask.to(torch.long) if text_length > 0 else image_mask[:, :0]
+            padding = torch.cat([image_mask, prompt_mask], dim=1)
+        structure = None  # dense attention: no sparsity pattern, SDPA takes its unmasked path unless there is padding
+        if not self.dense_attention:
+            structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, text_length,
+                                               CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
         mask = combine_masks(structure, padding)  # (B, 1, S, S), or None for dense unpadded attention
 
         # 2. transformer layers
@@ -1290,11 +1290,17 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         scores = torch.zeros(batch, longest, device=lengths.device)
         masked = valid.clone()
         embed = self.get_input_embeddings()
+        decoder_mask = valid.long()
+        # the encoder's cross-attention keys/values are projected in the first pass and reused by the others; each
+        # pass gets a fresh (empty) self-attention cache, so it attends over its own tokens only
+        cross_attention_cache = DynamicCache()
         for step in range(iterations):
             inputs_embeds = torch.where(masked[..., None], self.mask_embedding, embed(tokens))
-            hidden = self.model.decoder(inputs_embeds=inputs_embeds, attention_mask=valid.long(),
+            hidden = self.model.decoder(inputs_embeds=inputs_embeds, attention_mask=decoder_mask,
                                         encoder_hidden_states=encoder_outputs.last_hidden_state,
-                                        encoder_attention_mask=encoder_mask, use_cache=False)[0]
+                                        encoder_attention_mask=encoder_mask,
+                                        past_key_values=EncoderDecoderCache(DynamicCache(), cross_attention_cache),
+                                        use_cache=True)[0]
             probabilities, predicted = self.lm_head(hidden).float().softmax(-1).max(-1)
             tokens = torch.where(masked, predicted, tokens)
             scores = torch.where(masked, probabilities, scores)
@@ -1304,7 +1310,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             ranks = scores.masked_fill(~valid, 2.0).argsort(1).argsort(1)
             masked = (ranks < remask[:, None]) & valid
         # everything after the first end-of-sequence token is padding, as in autoregressive output
-        after_eos = (tokens == self.config.eos_token_id).long().cumsum(1) - (tokens == self.config.eos_token_id).long()
+        is_eos = (tokens == self.config.eos_token_id).long()
+        after_eos = is_eos.cumsum(1) - is_eos
         tokens = tokens.masked_fill(~valid | (after_eos > 0), self.config.pad_token_id)
         start = torch.full((batch, 1), self.config.decoder_start_token_id, device=tokens.device)
         return torch.cat([start, tokens], dim=1)

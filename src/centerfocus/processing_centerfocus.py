@@ -172,14 +172,6 @@ class CenterFocusProcessor(ProcessorMixin):
         longest = max(len(row) for row in ids)
         return [row + [-100] * (longest - len(row)) for row in ids]
 
-    def batch_decode(self, *args, **kwargs):
-        """Forwards to the tokenizer's `batch_decode`."""
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        """Forwards to the tokenizer's `decode`."""
-        return self.tokenizer.decode(*args, **kwargs)
-
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "input_ids", "attention_mask"]

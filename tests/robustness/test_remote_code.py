@@ -61,7 +61,7 @@ def test_paths_and_file_checks_work_without_the_package(saved_folder, tmp_path):
         print(json.dumps({{"module": type(processor).__module__, "shape": shape, "image_error": image_error,
                           "file_error": file_error}}))
     """)
-    assert not result["module"].startswith("centerfocus")  # the copied remote code, not the package
+    assert result["module"].startswith("transformers_modules.")  # the copied remote code, not the package
     assert result["shape"] == [1, 3, 32, 32]
     assert result["image_error"].startswith("Image 1: Cannot read image file") and "bad.png" in result["image_error"]
     assert "has no tokenizer vocabulary file" in result["file_error"]

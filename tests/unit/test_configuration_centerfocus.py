@@ -73,6 +73,7 @@ def test_decoder_text_config_names_layers_for_the_cache():
         ("dropout", 1.5),
         ("image_size", 30),
         ("stem_kernel_sizes", (3,)),
+        ("stem_kernel_sizes", (4, 4)),
         ("center_sigmas", (0.2, -0.1)),
         ("center_weighting_floor", 1.0),
         ("center_region_size", 0.0),

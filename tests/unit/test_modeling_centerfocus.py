@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -329,9 +328,10 @@ def test_learned_position_embedding_is_resized_on_load():
     large = _model(image_tokenizer_grid_size=8)
     state = {k: v for k, v in small.state_dict().items() if "position_embedding" in k}
     table = large.model.encoder.image_tokenizer.position_embedding
-    table.load_state_dict({"weight": state["model.encoder.image_tokenizer.position_embedding.weight"]})
-    assert table.weight.shape == (64, 32)
-    assert math.isfinite(table.weight.sum().item())
+    stored = state["model.encoder.image_tokenizer.position_embedding.weight"]  # (4 * 4, 32)
+    table.load_state_dict({"weight": stored})
+    expected = F.interpolate(stored.t().reshape(1, 32, 4, 4), size=(8, 8), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(table.weight.detach(), expected.reshape(32, 64).t())
 
 
 @pytest.mark.parametrize(
@@ -395,6 +395,26 @@ def test_non_autoregressive_refinement_changes_only_low_confidence_tokens():
         eos = (expected[row, :n] == model.config.eos_token_id).nonzero()
         cut = int(eos[0]) if len(eos) else n
         assert torch.equal(got[:cut], expected[row, :cut])
+    # a second pass rewrites only positions re-masked as the least confident half of each caption
+    two_passes = model.generate(pixel_values, nar_iterations=2)
+    confidence = model.lm_head(hidden).softmax(-1).max(-1).values
+    changed_any = False
+    for row in range(2):
+        n = int(lengths[row])
+        low = confidence[row, :n].argsort().argsort() < n // 2
+        changed = two_passes[row, 1:1 + n] != one_pass[row, 1:1 + n]
+        assert not (changed & ~low).any(), row
+        changed_any |= bool(changed.any())
+    assert changed_any
+
+
+def test_non_autoregressive_projects_the_encoder_once_per_generate():
+    """Mask-predict passes reuse the cross-attention keys/values of the first pass."""
+    model = _model(decoder_type="non_autoregressive").eval()
+    calls = []
+    model.model.decoder.layers[0].cross_attn.k_proj.register_forward_hook(lambda *_: calls.append(1))
+    model.generate(torch.randn(2, 3, 32, 32), nar_iterations=4)
+    assert len(calls) == 1
 
 
 def test_training_forward_compiles_to_one_graph_with_unchanged_results():

@@ -236,7 +236,7 @@ def test_captions_describe_the_periphery_only_when_asked():
 
 def test_caption_dataset_layout_and_imagefolder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    datasets = pytest.importorskip("datasets")
+    import datasets
     out = generate_caption_dataset(tmp_path / "data", num_train=20, num_test=5, image_size=32, seed=3)
     for split, count in (("train", 20), ("test", 5)):
         records = read_metadata(out / split)
@@ -260,7 +260,7 @@ def test_caption_dataset_layout_and_imagefolder(tmp_path, monkeypatch):
 
 def test_classification_dataset_and_imagefolder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    datasets = pytest.importorskip("datasets")
+    import datasets
     size = 128
     out = generate_classification_dataset(tmp_path / "cls", num_per_class=5, image_size=size, seed=0)
     lo, hi = square_bounds(size)
