@@ -1,8 +1,10 @@
 """ONNX Runtime (fp32 and INT8) against PyTorch generate() latency on CPU, batch 1 and 8, measured side by side in
 one process, plus the caption agreement of INT8 with fp32.
 
-    python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --out docs/onnx_latency.json
-    python benchmarks/onnx_latency.py --size base   # the design-size model (768 wide, 6+6 layers), random weights
+    python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --optimize O2 \
+        --out docs/benchmarks/onnx_latency_demo.json
+    python benchmarks/onnx_latency.py --size base --repeats 3 --agreement_images 16 --optimize O2 \
+        --out docs/benchmarks/onnx_latency_base.json   # the design-size model (768 wide, 6+6), random weights
 
 Every figure is the median of `--repeats` timed runs after one warm-up; ratios are ORT time / PyTorch time.
 """
@@ -66,7 +68,6 @@ def main() -> None:
     parser.add_argument("--optimize", choices=["O1", "O2", "O3"], help="Also time a graph-optimised fp32 copy.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     work = Path(tempfile.mkdtemp(prefix="cf-bench-"))
     model_dir = args.model or random_model_folder(args.size, work / "model")
     onnx_dir = export_onnx(str(model_dir), str(work / "onnx"), quantize="int8", validate=False)

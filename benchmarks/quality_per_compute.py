@@ -1,4 +1,4 @@
-"""Quality per compute on the built-in data: CenterFocus (196-style grid tokens and foveated) and
+"""Quality per compute on the built-in data: CenterFocus (8x8 grid: 64 tokens, and foveated: 28) and
 VisionEncoderDecoder (ViT + BERT decoder) of the same width and depth, trained for the same number of steps through
 the same Seq2SeqTrainer, collator, tokenizer and data; held-out centre-phrase exact match and BLEU-4 against training
 FLOPs (torch.utils.flop_counter, forward + backward, times steps x batch).
