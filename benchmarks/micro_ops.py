@@ -8,9 +8,14 @@ vocabulary 30522), each a median over repeated runs in one process unless noted:
 * batch-1 decoding's weight traffic: the decoder reads every weight once per new token, so the time of those matrix-
   vector products is a floor for any fp32 runtime (PyTorch or ONNX Runtime) at batch 1;
 * with `--compile_step`: the design-size CenterFocus training step (batch 8, AdamW fused) in eager mode and under
-  `torch.compile` (inductor), alternating steps in one process.
+  `torch.compile` (inductor), alternating steps in one process;
+* with `--step_breakdown`: where a design-size training step's time goes (CenterFocus and VisionEncoderDecoder, as
+  built by compare_captioners.py): every aten op is timed under a dispatch mode and summed by family (matrix
+  products, attention, optimizer, convolution, the rest), the matrix products' own GFLOP/s against the matmul peak,
+  and the fraction of the peak the step would reach if only the ops that carry counted FLOPs (matrix products,
+  attention, convolutions) took time: the ceiling for anything short of faster kernels.
 
-    python benchmarks/micro_ops.py --out docs/benchmarks/micro_ops.json
+    python benchmarks/micro_ops.py --compile_step 6 --step_breakdown 4 --out docs/benchmarks/micro_ops.json
 """
 
 import argparse
@@ -155,11 +160,108 @@ def compile_step(steps: int) -> dict:
             **{f"{name}_step_s": round(statistics.median(values), 3) for name, values in times.items()}}
 
 
+MATMULS = {"aten.mm.default": lambda a, b: a.shape[0] * a.shape[1] * b.shape[1],
+           "aten.addmm.default": lambda bias, a, b: a.shape[0] * a.shape[1] * b.shape[1],
+           "aten.bmm.default": lambda a, b: a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]}
+
+
+def op_family(name: str) -> str:
+    if name in MATMULS:
+        return "matmul"
+    if "scaled_dot_product" in name or "softmax" in name:
+        return "attention"
+    if "adam" in name or name.startswith("aten._foreach"):
+        return "optimizer"
+    if "convolution" in name:
+        return "convolution"
+    return "other_ops"
+
+
+def step_breakdown(steps: int, models=("centerfocus", "vision_encoder_decoder"), width: int = WIDTH,
+                   layers: int = DECODER_LAYERS, heads: int = HEADS, batch: int = BATCH) -> dict:
+    """Time every aten op of `steps` training steps under a dispatch mode (which adds its own per-op overhead, so the
+    families are shares, and `framework_s` is Python, autograd and the mode), alongside `steps` plain steps and
+    matmul peaks measured in between."""
+    from collections import defaultdict
+
+    from common import count_cpu_flash_attention
+    from compare_captioners import CAPTION_TOKENS, build, matmul_peak_gflops
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from centerfocus.tools.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    count_cpu_flash_attention()
+    results = {}
+    for name in models:
+        model, loss_fn = build(name, width, layers, heads)
+        model.train()
+        pixels = torch.randn(batch, 3, 224, 224)
+        labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
+        with FlopCounterMode(display=False) as counter:
+            loss_fn(pixels, labels).backward()
+        step_flops = counter.get_total_flops()
+        model.zero_grad(set_to_none=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        seconds, flops = defaultdict(float), defaultdict(int)
+
+        class Timed(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                start = time.perf_counter()
+                out = func(*args, **(kwargs or {}))
+                key = str(func)
+                seconds[op_family(key)] += time.perf_counter() - start
+                if key in MATMULS:
+                    flops["matmul"] += 2 * MATMULS[key](*args[:3])
+                return out
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(pixels, labels).backward()
+            optimizer.step()
+
+        step()
+        step()
+        plain, timed, peaks = [], [], []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with Timed():
+                step()
+            timed.append(time.perf_counter() - start)
+            peaks.append(matmul_peak_gflops(repeats=3))
+        peak = statistics.median(peaks)
+        step_s, timed_s = statistics.median(plain), sum(timed) / steps
+        family = {k: v / steps for k, v in seconds.items()}
+        matmul_s = family["matmul"]
+        flop_counted_s = sum(family.get(k, 0.0) for k in ("matmul", "attention", "convolution"))
+        results[name] = {
+            "step_s": round(step_s, 3),
+            "matmul_peak_gflops": round(peak, 1),
+            "fraction_of_peak": round(step_flops / step_s / 1e9 / peak, 3),
+            "timed_step_s": round(timed_s, 3),
+            "share_of_timed_step": {**{k: round(v / timed_s, 3) for k, v in sorted(family.items())},
+                                    "framework": round(1 - sum(family.values()) / timed_s, 3)},
+            "matmul_flops_per_step": flops["matmul"] // steps,
+            "matmul_flops_share": round(flops["matmul"] / steps / step_flops, 3),
+            "matmul_gflops": round(flops["matmul"] / steps / matmul_s / 1e9, 1),
+            "matmul_fraction_of_peak": round(flops["matmul"] / steps / matmul_s / 1e9 / peak, 3),
+            "fraction_of_peak_if_only_flop_counted_ops_took_time": round(step_flops / flop_counted_s / 1e9 / peak, 3),
+        }
+        del model, optimizer
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--compile_step", type=int, default=0, metavar="STEPS",
                         help="Also time STEPS alternating eager / torch.compile design-size training steps.")
+    parser.add_argument("--step_breakdown", type=int, default=0, metavar="STEPS",
+                        help="Also break STEPS design-size training steps down by op family.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -170,6 +272,8 @@ def main() -> None:
                "batch1_decoding_weight_traffic": decoding_floor(args.repeats)}
     if args.compile_step:
         results["training_step_eager_vs_compiled"] = compile_step(args.compile_step)
+    if args.step_breakdown:
+        results["training_step_breakdown"] = step_breakdown(args.step_breakdown)
     report(results, args.out)
 
 

@@ -4,7 +4,7 @@ one process, plus the caption agreement of INT8 with fp32.
     python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --optimize O2 \
         --out docs/benchmarks/onnx_latency_demo.json
     python benchmarks/onnx_latency.py --size base --repeats 3 --agreement_images 16 --optimize O2 \
-        --out docs/benchmarks/onnx_latency_base.json   # the design-size model (768 wide, 6+6), random weights
+        --out docs/benchmarks/onnx_latency_base.json   # design size (768 wide, 6+6, vocab 30522), random weights
 
 Every figure is the median of `--repeats` timed runs after one warm-up; ratios are ORT time / PyTorch time.
 """
@@ -27,10 +27,17 @@ from centerfocus import (
 from centerfocus.tools.export import export_onnx, load_ort_model
 
 
+BASE_VOCAB = 30522
+
 def random_model_folder(size: str, folder: Path) -> Path:
+    """A random-weight model and its processor. "base" is the design size with the issue's 30522-word vocabulary (a
+    tokenizer over made-up words, so the output layer is as large as BERT's); "small" has a 54-word one."""
     from centerfocus.tools.tokenizer import train_caption_tokenizer
 
-    tokenizer = train_caption_tokenizer(["a red circle in the centre with a small blue square at the top left"] * 4)
+    if size == "base":
+        tokenizer = train_caption_tokenizer([" ".join(f"w{i}" for i in range(BASE_VOCAB))], vocab_size=BASE_VOCAB)
+    else:
+        tokenizer = train_caption_tokenizer(["a red circle in the centre with a small blue square at the top left"])
     kwargs = {} if size == "base" else {"hidden_size": 256, "num_attention_heads": 4, "encoder_layers": 3,
                                         "decoder_layers": 3, "intermediate_size": 1024, "image_size": 112,
                                         "stem_channels": (32, 64)}
@@ -87,7 +94,7 @@ def main() -> None:
                            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
                "model": {"path": str(args.model) if args.model else f"random-{args.size}",
                          "hidden_size": model.config.hidden_size, "encoder_layers": model.config.encoder_layers,
-                         "decoder_layers": model.config.decoder_layers,
+                         "decoder_layers": model.config.decoder_layers, "vocab_size": model.config.vocab_size,
                          "image_tokens": model.config.num_image_tokens},
                "tokens": args.tokens, "repeats": args.repeats, "latency_seconds": {}, "ratio_to_pytorch": {}}
     for batch in (1, 8):

@@ -62,3 +62,44 @@ def test_comparison_script_runs_and_reports_every_field(tmp_path):
     assert models["centerfocus_foveated"]["train_gflops_per_example"] < models["centerfocus"]["train_gflops_per_example"]
     assert models["centerfocus_foveated"]["parameters_m"] == models["centerfocus"]["parameters_m"]
     assert models["vision_encoder_decoder"]["train_speed_vs_ved"] == 1.0
+
+
+def load_micro_ops():
+    sys.path.insert(0, str(BENCHMARKS))  # micro_ops imports common and compare_captioners as scripts do
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_micro_ops", BENCHMARKS / "micro_ops.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_op_families():
+    family = load_micro_ops().op_family
+    assert family("aten.mm.default") == family("aten.addmm.default") == family("aten.bmm.default") == "matmul"
+    assert family("aten._scaled_dot_product_flash_attention_for_cpu_backward.default") == "attention"
+    assert family("aten._fused_adamw_.default") == "optimizer"
+    assert family("aten.convolution_backward.default") == "convolution"
+    assert family("aten.gelu.default") == "other_ops"
+
+
+def test_step_breakdown_counts_the_matmul_flops_torch_counts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    micro_ops = load_micro_ops()
+    import compare_captioners
+
+    result = micro_ops.step_breakdown(1, models=("centerfocus",), width=32, layers=1, heads=4, batch=2)["centerfocus"]
+    # the reference: torch's FLOP counter over the same model's forward + backward, matrix products only
+    model, loss_fn = compare_captioners.build("centerfocus", 32, 1, 4)
+    model.train()
+    labels = torch.randint(1000, compare_captioners.VOCAB, (2, compare_captioners.CAPTION_TOKENS))
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(torch.randn(2, 3, 224, 224), labels).backward()
+    counts = counter.get_flop_counts()["Global"]
+    aten = torch.ops.aten
+    assert result["matmul_flops_per_step"] == sum(counts.get(op, 0) for op in (aten.mm, aten.addmm, aten.bmm)) > 0
+    shares = result["share_of_timed_step"]
+    assert {"matmul", "optimizer", "convolution", "other_ops", "framework"} <= set(shares)
+    assert all(0 <= share <= 1 for name, share in shares.items() if name != "framework")
+    assert 0 < result["fraction_of_peak"] < result["fraction_of_peak_if_only_flop_counted_ops_took_time"]
