@@ -83,7 +83,7 @@ class ModelArguments:
     merge_lora: bool = field(default=False, metadata={
         "help": "Merge the adapters into the weights and save a plain model (adapters are saved too)."})
     keep_freed_memory: bool = field(default=True, metadata={
-        "help": "Let glibc's malloc reuse freed memory instead of re-faulting fresh pages every step (~10% of a "
+        "help": "Let glibc's malloc reuse freed memory instead of re-faulting fresh pages every step (~10 per cent of a "
                 "design-size CPU training step; values unchanged; see centerfocus.tools.allocator)."})
 
 

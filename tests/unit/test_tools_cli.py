@@ -1,0 +1,25 @@
+"""The `centerfocus` command dispatcher: every command's --help prints its usage and exits 0."""
+
+import pytest
+
+from centerfocus.tools.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    # argparse %-formats each help string: a stray "%" in one of them crashes --help with a TypeError
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    output = capsys.readouterr().out
+    assert all(command in output for command in COMMANDS)
+
+
+def test_unknown_command_is_named(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
