@@ -135,13 +135,17 @@ def measure(name: str, args) -> dict:
     flops_per_example = counter.get_total_flops() / batch
     model.zero_grad(set_to_none=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the Trainer's default (adamw_torch_fused)
+    if args.compile:  # what the Trainer's --torch_compile does: the model's forward compiled, backward through AOTAutograd
+        loss_fn = torch.compile(loss_fn)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss_fn(pixels, labels).backward()
         optimizer.step()
 
+    start = time.perf_counter()
     step()
+    first_step_seconds = time.perf_counter() - start  # includes the compilation with --compile
     step()
     times, peaks = [], []
     for _ in range(args.steps):  # the machine's speed drifts: the peak is re-measured between the timed steps
@@ -161,6 +165,8 @@ def measure(name: str, args) -> dict:
             flops_per_example * batch / t / 1e9 / p for t, p in zip(times, peaks)), 3),
         "allocator": "keep_freed_memory" if args.allocator == "keep" else "glibc_default",
     }
+    if args.compile:
+        result["torch_compile_first_step_s"] = round(first_step_seconds, 1)
     for batch_size in (1, 8) if not args.train_only else ():
         for use_cache in (True, False):
             if not use_cache and args.skip_no_cache_batch8 and batch_size == 8:
@@ -185,6 +191,9 @@ def main() -> None:
                         help="'keep': glibc malloc reuses freed memory (centerfocus.tools.allocator), applied to every "
                              "model alike; 'default': glibc's own setting.")
     parser.add_argument("--train_only", action="store_true", help="Measure training only (no generate()).")
+    parser.add_argument("--compile", action="store_true",
+                        help="Train every model's loss under torch.compile (inductor), as the Trainer's --torch_compile "
+                             "does; generate() stays eager.")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model in this process
     args = parser.parse_args()
@@ -197,7 +206,8 @@ def main() -> None:
                            "fp32_matmul_peak_gflops": round(peak, 1)},
                "setup": {"width": args.width, "layers": args.layers, "heads": args.heads,
                          "batch_size": args.batch_size, "caption_tokens": CAPTION_TOKENS, "image_size": 224,
-                         "vocab_size": VOCAB, "optimizer": "AdamW fused", "timed_steps": args.steps}, "models": {}}
+                         "vocab_size": VOCAB, "optimizer": "AdamW fused", "timed_steps": args.steps,
+                         "torch_compile": args.compile}, "models": {}}
     forwarded = sys.argv[1:]  # the --one child measures and prints; it never writes --out
     for name in args.models:
         output = subprocess.run([sys.executable, __file__, "--one", name, *forwarded], capture_output=True,

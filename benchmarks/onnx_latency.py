@@ -5,11 +5,17 @@ one process, plus the caption agreement of INT8 with fp32.
         --out docs/benchmarks/onnx_latency_demo.json
     python benchmarks/onnx_latency.py --size base --repeats 3 --agreement_images 16 --optimize O2 \
         --out docs/benchmarks/onnx_latency_base.json   # design size (768 wide, 6+6, vocab 30522), random weights
+    python benchmarks/onnx_latency.py --model TRAINED_DIR --data DATA_DIR --repeats 5 --optimize O2 \
+        --out docs/benchmarks/onnx_latency_base_trained.json   # a trained model: INT8 agreement means something
+
+With `--data` (a folder with test/*.png and test/metadata.jsonl, as `centerfocus generate-data` writes), every
+backend's captions are also scored against the references (exact match after caption normalisation, BLEU-4).
 
 Every figure is the median of `--repeats` timed runs after one warm-up; ratios are ORT time / PyTorch time.
 """
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -50,18 +56,25 @@ def random_model_folder(size: str, folder: Path) -> Path:
     return folder
 
 
-def load_images(data: Path | None, count: int, size: int) -> list:
+def load_images(data: Path | None, count: int, size: int) -> tuple[list, list | None]:
+    """Held-out images and, where the folder's metadata.jsonl has them, their reference captions."""
     from PIL import Image
 
     if data is not None:
         paths = sorted((data / "test").glob("*.png"))[:count]
-        return [Image.open(p).convert("RGB") for p in paths]
+        metadata = data / "test" / "metadata.jsonl"
+        references = None
+        if metadata.is_file():
+            rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
+            captions = {row["file_name"]: row["text"] for row in rows}
+            references = [captions[p.name] for p in paths] if all(p.name in captions for p in paths) else None
+        return [Image.open(p).convert("RGB") for p in paths], references
     import numpy as np
 
     from centerfocus.tools.data import make_scene
 
     rng = np.random.default_rng(0)
-    return [make_scene(rng, image_size=size).image for _ in range(count)]
+    return [make_scene(rng, image_size=size).image for _ in range(count)], None
 
 
 def main() -> None:
@@ -88,7 +101,7 @@ def main() -> None:
                                     validate=False)
         optimized = load_ort_model(str(optimized_dir))
     size = model.config.image_size
-    images = load_images(args.data, max(8, args.agreement_images), size)
+    images, references = load_images(args.data, max(8, args.agreement_images), size)
     forced = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}  # equal work for every backend
     results = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
@@ -133,6 +146,14 @@ def main() -> None:
     if optimized is not None:
         results["caption_agreement"][f"ort_fp32_{args.optimize}_vs_pytorch"] = sum(
             a == b for a, b in zip(captions[f"ort_fp32_{args.optimize}"], captions["pytorch"])) / len(images)
+    if references is not None:  # quality against the data set's captions, same normalisation as the metrics
+        from centerfocus.tools.metrics import compute_caption_metrics, normalize_caption
+
+        results["quality"] = {
+            name: {"exact_match": round(sum(normalize_caption(a) == normalize_caption(b)
+                                            for a, b in zip(texts, references)) / len(images), 3),
+                   "bleu4": round(compute_caption_metrics(texts, references)["bleu4"], 4)}
+            for name, texts in captions.items()}
     report(results, args.out)
 
 

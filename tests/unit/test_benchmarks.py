@@ -103,3 +103,34 @@ def test_step_breakdown_counts_the_matmul_flops_torch_counts(monkeypatch):
     assert {"matmul", "optimizer", "convolution", "other_ops", "framework"} <= set(shares)
     assert all(0 <= share <= 1 for name, share in shares.items() if name != "framework")
     assert 0 < result["fraction_of_peak"] < result["fraction_of_peak_if_only_flop_counted_ops_took_time"]
+
+
+def test_compiled_comparison_run_reports_the_compile(tmp_path):
+    out = tmp_path / "compiled.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare_captioners.py"), "--width", "32", "--heads", "4", "--layers", "1",
+         "--steps", "1", "--train_only", "--compile", "--models", "centerfocus", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=BENCHMARKS.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    measured = report["models"]["centerfocus"]
+    assert report["setup"]["torch_compile"] is True
+    assert "error" not in measured, measured
+    assert measured["torch_compile_first_step_s"] > 0 and measured["train_samples_per_second"] > 0
+
+
+def test_onnx_latency_pairs_each_held_out_image_with_its_own_reference(tmp_path, monkeypatch):
+    from centerfocus.tools.data import generate_caption_dataset
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("benchmarks_onnx_latency", BENCHMARKS / "onnx_latency.py")
+    onnx_latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(onnx_latency)
+    data = generate_caption_dataset(tmp_path / "data", num_train=4, num_test=5)
+    images, references = onnx_latency.load_images(Path(data), 3, 64)
+    rows = [json.loads(line) for line in (Path(data) / "test" / "metadata.jsonl").read_text().splitlines()]
+    by_name = {row["file_name"]: row["text"] for row in rows}
+    names = sorted(by_name)[:3]
+    assert references == [by_name[name] for name in names]
+    assert len(images) == 3 and images[0].mode == "RGB"
+    assert onnx_latency.load_images(None, 2, 64)[1] is None  # random scenes carry no references
