@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.activations import ACT2FN
+from transformers.cache_utils import StaticLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     ImageClassifierOutput,
@@ -168,6 +169,18 @@ def decoder_self_attention_mask(query_length: int, past_length: int, padding: Op
     if padding is None and past_length == 0:
         return None, True
     return combine_masks(causal_mask(query_length, past_length, device), padding), False
+
+
+def check_dynamic_cache(cache: Cache) -> None:
+    """CenterFocus reads cached lengths and cross-attention keys/values as stored, which a pre-allocated (static) cache
+    pads to its full length: refuse one rather than decode wrongly."""
+    parts = (cache.self_attention_cache, cache.cross_attention_cache) if isinstance(cache, EncoderDecoderCache) else (
+        cache,)
+    for part in parts:
+        if any(isinstance(layer, StaticLayer) for layer in getattr(part, "layers", ())):
+            raise ValueError(f"CenterFocus decodes with a dynamic KV cache only, got a {type(part).__name__}: drop "
+                             "`cache_implementation='static'` (or pass an `EncoderDecoderCache(DynamicCache(), "
+                             "DynamicCache())`).")
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -483,7 +496,7 @@ def foveation_matrix(grid_size: int, center_size: int, pool: int) -> torch.Tenso
     rows = []
     for y in range(margin, margin + center_size):
         for x in range(margin, margin + center_size):
-            row = torch.zeros(grid_size, grid_size)
+            row = torch.zeros(grid_size, grid_size, dtype=torch.float32)
             row[y, x] = 1.0
             rows.append(row)
     coarse_lo, coarse_hi = margin // pool, (margin + center_size) // pool
@@ -491,7 +504,7 @@ def foveation_matrix(grid_size: int, center_size: int, pool: int) -> torch.Tenso
         for cx in range(grid_size // pool):
             if coarse_lo <= cy < coarse_hi and coarse_lo <= cx < coarse_hi:
                 continue
-            row = torch.zeros(grid_size, grid_size)
+            row = torch.zeros(grid_size, grid_size, dtype=torch.float32)
             row[cy * pool:(cy + 1) * pool, cx * pool:(cx + 1) * pool] = 1.0 / pool**2
             rows.append(row)
     return torch.stack(rows).reshape(len(rows), -1)
@@ -637,7 +650,7 @@ MODALITY_EMBEDDING_CLASSES = {
 }
 MODALITY_GATE_CLASSES = {"dynamic": CenterFocusModalityGate, "none": _identity}
 IMAGE_TOKEN_POOLING = {
-    "grid_pool": lambda config: torch.eye(config.image_tokenizer_grid_size**2),
+    "grid_pool": lambda config: torch.eye(config.image_tokenizer_grid_size**2, dtype=torch.float32),
     "foveated": lambda config: foveation_matrix(config.image_tokenizer_grid_size, config.foveated_center_size,
                                                 config.foveated_periphery_pool),
 }
@@ -930,6 +943,8 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if not use_cache:
             past_key_values = None
+        if past_key_values is not None:
+            check_dynamic_cache(past_key_values)
 
         # 1. embed with absolute positions that continue after the cached prefix
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
@@ -1048,6 +1063,11 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
         encoder_mask = _encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("Pass `decoder_input_ids` or `labels` (the decoder inputs are derived from labels).")
+        decoder_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
+        images = encoder_outputs.last_hidden_state.shape[0]
+        if decoder_rows != images:
+            raise ValueError(f"Batch size mismatch: {images} images but {decoder_rows} rows of `decoder_input_ids` "
+                             "(or `labels`).")
         hidden, cache, dec_hidden, dec_self, dec_cross = self.decoder(
             decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, encoder_mask,
             past_key_values, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
@@ -1326,8 +1346,22 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return self.generate_non_autoregressive(pixel_values, kwargs.get("input_ids"), kwargs.get("attention_mask"),
                                                 kwargs.get("nar_iterations"))
 
-    # The only private generation hook CenterFocus overrides (Florence-2 in transformers 4.57 overrides it too);
-    # tests/integration/test_generation.py covers it. It routes an optional prompt to the encoder only.
+    # Private generation hooks: tests/integration/test_generation.py covers both.
+    def _prepare_generated_length(self, generation_config, *args, **kwargs):
+        """transformers caps only its default length at `max_position_embeddings`; an explicit or pipeline default
+        `max_new_tokens` (the image-to-text pipeline asks for 256) would otherwise decode until the position table
+        runs out and fail there. Cap it with a warning instead."""
+        generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
+        limit = self.config.max_position_embeddings
+        if generation_config.max_length is not None and generation_config.max_length > limit:
+            logger.warning_once(f"Captions stop at {limit} tokens (`max_position_embeddings`); the requested length "
+                                f"({generation_config.max_length} with the start token) was capped.")
+            generation_config.max_length = limit
+        if generation_config.min_length is not None and generation_config.min_length > limit:
+            generation_config.min_length = limit
+        return generation_config
+
+    # Florence-2 in transformers 4.57 overrides this one too. It routes an optional prompt to the encoder only.
     def _prepare_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
                                                        generation_config):
         if model_kwargs.get("input_ids") is None and model_kwargs.get("inputs_embeds") is None:

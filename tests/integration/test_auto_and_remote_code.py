@@ -22,6 +22,7 @@ from centerfocus import (
     CenterFocusProcessor,
 )
 
+from ..conftest import build_tiny_model
 from ..fresh_process import run_without_package
 
 
@@ -57,6 +58,25 @@ def test_round_trip_is_bit_exact(saved_folder, tiny_model):
     assert original.keys() == reloaded.keys()
     for name, tensor in original.items():
         assert torch.equal(tensor, reloaded[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("image_tokenizer_type", ["grid_pool", "foveated"])
+def test_loading_in_half_precision_equals_casting_after_loading(tokenizer, tiny_processor, images, tmp_path, dtype,
+                                                                image_tokenizer_type):
+    # from_pretrained(dtype=...) builds the model under that default dtype: the token geometry must not follow it
+    build_tiny_model(tokenizer, image_tokenizer_type=image_tokenizer_type).save_pretrained(tmp_path / "fp32")
+    loaded = CenterFocusForConditionalGeneration.from_pretrained(tmp_path / "fp32", dtype=dtype).eval()
+    reference = CenterFocusForConditionalGeneration.from_pretrained(tmp_path / "fp32").to(dtype).eval()
+    assert loaded.dtype == dtype
+    inputs = tiny_processor(images=images)
+    decoder_input_ids = torch.ones(len(images), 3, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs, decoder_input_ids=decoder_input_ids).logits,
+                           reference(**inputs, decoder_input_ids=decoder_input_ids).logits)
+        assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), reference.generate(**inputs, max_new_tokens=4))
+    reference.save_pretrained(tmp_path / "half")  # its config.json records the dtype, which "auto" reads back
+    assert CenterFocusForConditionalGeneration.from_pretrained(tmp_path / "half", dtype="auto").dtype == dtype
 
 
 @pytest.mark.parametrize("auto_class", ["vision2seq", "image_text_to_text"])

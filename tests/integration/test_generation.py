@@ -118,3 +118,35 @@ def test_generate_with_bf16_weights_runs(tokenizer, inputs):
     model = build_tiny_model(tokenizer).to(torch.bfloat16)
     output = model.generate(**inputs, max_new_tokens=4)
     assert output.shape[0] == inputs["pixel_values"].shape[0]
+
+
+def test_a_static_cache_is_refused_not_decoded_wrongly(tiny_model, inputs):
+    # a pre-allocated cache pads cached keys to its full length; decoding with it gave other tokens than the
+    # dynamic cache, silently
+    with torch.no_grad(), pytest.raises(ValueError, match=r"dynamic KV cache only, got a StaticCache"):
+        tiny_model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=4, cache_implementation="static")
+
+
+def test_a_length_past_the_position_table_is_capped_at_it(tokenizer, inputs):
+    model = build_tiny_model(tokenizer)
+    limit = model.config.max_position_embeddings
+    pixel_values = inputs["pixel_values"][:2]
+    with torch.no_grad():
+        capped = model.generate(pixel_values=pixel_values, max_new_tokens=3 * limit, min_new_tokens=3 * limit)
+        longest = model.generate(pixel_values=pixel_values, max_length=limit, min_length=limit)
+    assert capped.shape[1] == limit
+    assert torch.equal(capped, longest)
+
+
+def test_pipeline_default_length_on_a_plainly_saved_model(tokenizer, tiny_processor, images, tmp_path):
+    from transformers import GenerationConfig, pipeline
+
+    model = build_tiny_model(tokenizer)
+    model.generation_config = GenerationConfig.from_model_config(model.config)  # what save_pretrained of a new model has
+    model.save_pretrained(tmp_path)
+    tiny_processor.save_pretrained(tmp_path)
+    captioner = pipeline("image-to-text", model=str(tmp_path))  # asks generate() for 256 new tokens by default
+    caption = captioner(images[0])[0]["generated_text"]
+    with torch.no_grad():
+        expected = model.generate(**tiny_processor(images=images[:1]), max_length=model.config.max_position_embeddings)
+    assert caption == tiny_processor.batch_decode(expected, skip_special_tokens=True)[0]

@@ -123,3 +123,10 @@ def test_pipeline_loads_files_with_transformers_load_image(tmp_path):
     ours = CenterFocusImageProcessor(size={"height": 4, "width": 4}, do_normalize=False)(
         tmp_path / "transparent.png", return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(ours, 1.0)
+
+
+@pytest.mark.parametrize("argument", ["labels", "decoder_input_ids"])
+def test_decoder_rows_not_matching_the_images_are_refused(tiny_model, argument):
+    rows = torch.tensor([[5, 6, 2], [5, 7, 2]])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"Batch size mismatch: 3 images but .*2 rows"):
+        tiny_model(pixel_values=torch.zeros(3, 3, 32, 32), **{argument: rows})
