@@ -326,3 +326,66 @@ def test_config_overrides_are_validated():
         train._parse_overrides("hiden_size=3")
     assert train._parse_overrides("stem_channels=8|16,image_tokenizer_type=foveated") == {
         "stem_channels": (8, 16), "image_tokenizer_type": "foveated"}
+
+
+def test_lora_without_merging_saves_the_plain_base_model(caption_data, trained_folder, tmp_path):
+    output = tmp_path / "lora_unmerged"
+    _train(caption_data, output, "--model_name_or_path", str(trained_folder), "--lora_r", "4", "--max_steps", "2",
+           "--learning_rate", "1e-2", "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no")
+    saved, info = CenterFocusForConditionalGeneration.from_pretrained(output, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    base = CenterFocusForConditionalGeneration.from_pretrained(trained_folder).state_dict()
+    for name, tensor in saved.state_dict().items():  # LoRA trains adapters only: the base weights are the start's
+        assert torch.equal(tensor, base[name]), name
+    assert any("lora_B" in name for name in load_file(output / "adapter" / "adapter_model.safetensors"))
+
+
+def test_a_folder_holding_files_is_not_trained_into_unless_asked(caption_data, tmp_path):
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "model.safetensors").write_bytes(b"somebody's model")
+    with pytest.raises(ValueError, match=r"already exists and is not empty\. Pass --overwrite_output_dir"):
+        _train(caption_data, output, "--max_steps", "1")
+    assert (output / "model.safetensors").read_bytes() == b"somebody's model"
+    _train(caption_data, output, "--max_steps", "1", "--overwrite_output_dir", "true", "--eval_strategy", "no",
+           "--do_eval", "false", "--save_strategy", "no")
+    assert CenterFocusForConditionalGeneration.from_pretrained(output).config.model_type == "centerfocus"
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_resume_true_without_a_checkpoint_is_refused(caption_data, tmp_path, exists):
+    output = tmp_path / "fresh"
+    if exists:
+        output.mkdir()
+    with pytest.raises(ValueError, match=r"no checkpoint-\* folder in .*fresh to resume"):
+        _train(caption_data, output, "--max_steps", "1", "--resume_from_checkpoint", "true")
+
+
+def test_hyphenated_flags_are_not_overridden_by_the_defaults(caption_data, tmp_path):
+    _, _, training_args = train.parse_args(["--dataset", str(caption_data), "--output-dir", str(tmp_path / "x"),
+                                            "--save-strategy", "no", "--eval-strategy=no", "--report-to", "none"])
+    assert training_args.output_dir == str(tmp_path / "x")
+    assert training_args.save_strategy == "no" and training_args.eval_strategy == "no"
+    assert training_args.report_to == []
+
+
+def test_vision_init_refuses_a_folder_without_stage_one_weights(caption_data, trained_folder):
+    model_args, data_args, _ = train.parse_args(["--dataset", str(caption_data), "--vision_init", str(trained_folder),
+                                                 "--model_size", "tiny"])
+    tokenizer = train.prepare_tokenizer(model_args, ["a red circle in the centre"])
+    with pytest.raises(ValueError, match=r"is not a stage-1 CenterFocusForImageClassification folder"):
+        train.build_model(model_args, data_args, tokenizer)
+
+
+def test_pretrain_vision_without_an_evaluation_split_trains_with_its_defaults(tmp_path):
+    from centerfocus.tools import pretrain
+
+    classes = generate_classification_dataset(tmp_path / "classes", num_per_class=4, seed=2)
+    shutil.rmtree(classes / "test")  # the README's layout: class sub-folders only
+    vision = tmp_path / "vision"
+    pretrain.main(["--dataset", str(classes), "--output_dir", str(vision), "--model_size", "tiny", "--max_steps", "2",
+                   "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none",
+                   "--disable_tqdm", "true"])
+    assert CenterFocusForImageClassification.from_pretrained(vision).config.num_labels > 1
+    with pytest.raises(ValueError, match="already exists and is not empty"):  # the same guard as train
+        pretrain.main(["--dataset", str(classes), "--output_dir", str(vision), "--model_size", "tiny"])

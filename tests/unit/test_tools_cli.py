@@ -23,3 +23,23 @@ def test_top_level_help_lists_every_command(capsys):
 def test_unknown_command_is_named(capsys):
     assert main(["trian"]) == 2
     assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_a_refused_command_prints_one_line_and_exits_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CENTERFOCUS_DEBUG", raising=False)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    assert main(["train", "--dataset", str(tmp_path), "--output_dir", str(taken)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("centerfocus train: error: Output directory") and "\n" not in error
+    assert (taken / "notes.txt").read_text() == "keep me"
+
+
+def test_centerfocus_debug_shows_the_exception(tmp_path, monkeypatch):
+    monkeypatch.setenv("CENTERFOCUS_DEBUG", "1")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        main(["train", "--dataset", str(tmp_path), "--output_dir", str(taken)])

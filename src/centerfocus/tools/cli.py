@@ -1,5 +1,6 @@
 """The `centerfocus` command: `centerfocus <command> [arguments]`; `centerfocus <command> --help` for each."""
 
+import os
 import sys
 from typing import Optional
 
@@ -36,7 +37,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     module = importlib.import_module(COMMANDS[command][0])
     entry = getattr(module, ENTRY_POINTS.get(command, "main"))
-    entry(rest)
+    try:
+        entry(rest)
+    except (ValueError, OSError) as error:  # bad input: say what is wrong in one line (CENTERFOCUS_DEBUG=1: traceback)
+        if os.environ.get("CENTERFOCUS_DEBUG", "0") not in ("", "0"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"centerfocus {command}: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

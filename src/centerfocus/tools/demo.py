@@ -126,6 +126,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     train_main([
         "--dataset", str(data_dir), "--eval_split", "test", "--output_dir", str(model_dir),
+        "--overwrite_output_dir", "true",  # the demo's own folder: a second demo run replaces its model
         "--config_overrides", args.config_overrides, "--image_size", str(args.image_size),
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--per_device_eval_batch_size", "64", "--learning_rate", str(args.learning_rate),

@@ -12,14 +12,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, IntervalStrategy, Trainer, TrainingArguments, set_seed
 
 from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForImageClassification
 from .allocator import keep_freed_memory
 from .caption_data import load_image_dataset
-from .train import MODEL_PRESETS, _parse_overrides
+from .train import MODEL_PRESETS, _parse_overrides, check_output_dir, with_default_flags
 
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class PretrainArguments:
     model_size: str = field(default="small", metadata={"help": f"Vision preset: {sorted(MODEL_PRESETS)}."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "CenterFocusConfig overrides k=v,..."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Image size (overrides the preset)."})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "Let glibc's malloc reuse freed memory (see centerfocus.tools.allocator; values unchanged)."})
 
 
 class ClassificationCollator:
@@ -51,8 +53,13 @@ class ClassificationCollator:
         return {"pixel_values": pixel_values["pixel_values"], "labels": labels}
 
 
-def run_pretraining(args: PretrainArguments, training_args: TrainingArguments) -> dict:
-    """Train and save the stage-1 classifier; returns the metrics."""
+def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
+                    evaluate_when_possible: bool = False) -> dict:
+    """Train and save the stage-1 classifier; returns the metrics. With `evaluate_when_possible` (the command's
+    default), evaluation each epoch is switched off when the data has no validation or test split."""
+    check_output_dir(training_args)
+    if args.model_size not in MODEL_PRESETS:
+        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {args.model_size!r}.")
     set_seed(training_args.seed)
     data = load_image_dataset(args.dataset)
     if "train" not in data:
@@ -72,6 +79,8 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments) -
     model = CenterFocusForImageClassification(config)
     image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size})
     evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
+    if evaluation is None and evaluate_when_possible:
+        training_args.eval_strategy = IntervalStrategy.NO
 
     def compute_metrics(prediction) -> dict:
         return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
@@ -92,15 +101,15 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments) -
 def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    for flag, value in {"--output_dir": "centerfocus-vision", "--remove_unused_columns": "false",
-                        "--report_to": "tensorboard", "--save_strategy": "epoch", "--eval_strategy": "epoch",
-                        "--save_total_limit": "2", "--logging_steps": "10"}.items():
-        if flag not in given:
-            argv += [flag, value]
-    args, training_args = HfArgumentParser((PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
-    keep_freed_memory()  # see centerfocus.tools.allocator; CENTERFOCUS_KEEP_FREED_MEMORY=0 turns it off
-    return run_pretraining(args, training_args)
+    defaults = {"--output_dir": "centerfocus-vision", "--remove_unused_columns": "false", "--report_to": "tensorboard",
+                "--save_strategy": "epoch", "--eval_strategy": "epoch", "--save_total_limit": "2",
+                "--logging_steps": "10"}
+    full = with_default_flags(argv, defaults)
+    evaluation_defaulted = "--eval_strategy" in full[len(argv):]
+    args, training_args = HfArgumentParser((PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(full)
+    if args.keep_freed_memory:
+        keep_freed_memory()  # see centerfocus.tools.allocator; CENTERFOCUS_KEEP_FREED_MEMORY=0 turns it off
+    return run_pretraining(args, training_args, evaluate_when_possible=evaluation_defaulted)
 
 
 if __name__ == "__main__":

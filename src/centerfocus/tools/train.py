@@ -4,6 +4,7 @@ Every `Seq2SeqTrainingArguments` flag works (`--bf16`, `--use_cpu`, `--gradient_
 `--report_to`, ...), plus the model and data arguments below. Works under `accelerate launch` (DDP).
 """
 
+import copy
 import json
 import logging
 import os
@@ -211,7 +212,12 @@ def _vision_config_fields(path: str) -> dict:
 def load_vision_weights(model: CenterFocusForConditionalGeneration, path: str) -> int:
     """Copy a stage-1 classifier's `vision_stem.*` / `image_tokenizer.*` weights into the captioner's encoder.
     Returns the number of tensors copied; raises ValueError when a tensor is missing or mismatched."""
-    source = CenterFocusForImageClassification.from_pretrained(path).state_dict()
+    classifier, info = CenterFocusForImageClassification.from_pretrained(path, output_loading_info=True)
+    not_stored = [k for k in info["missing_keys"] if k.startswith(("vision_stem.", "image_tokenizer."))]
+    if not_stored:
+        raise ValueError(f"--vision_init {path!r} is not a stage-1 CenterFocusForImageClassification folder (centerfocus "
+                         f"pretrain-vision): it stores no {not_stored[0]!r} ({len(not_stored)} vision weights missing).")
+    source = classifier.state_dict()
     target = model.model.encoder.state_dict()
     vision = {k: v for k, v in source.items() if k.startswith(("vision_stem.", "image_tokenizer."))}
     mismatched = [k for k, v in vision.items() if k not in target or target[k].shape != v.shape]
@@ -350,7 +356,9 @@ def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_
             if model_args.merge_lora:
                 model = model.merge_and_unload()
             else:
-                model = model.get_base_model()
+                # a copy without the LoRA layers: get_base_model() still holds them (their keys would not load into
+                # a plain CenterFocus model), and unload() in place would take them from the trainer's model
+                model = copy.deepcopy(model).unload()
                 logger.warning("Saving the base model with adapters in adapter/; pass --merge_lora to save merged "
                                "weights as the main model.")
         model.save_pretrained(staging, safe_serialization=True)
@@ -410,6 +418,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                  model: Optional[CenterFocusForConditionalGeneration] = None) -> dict:
     """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
     `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build."""
+    check_output_dir(training_args)
+    if model_args.model_name_or_path is None and model_args.model_size not in MODEL_PRESETS:
+        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_args.model_size!r}.")
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
     metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
     datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
@@ -424,9 +435,6 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
 
     resume = training_args.resume_from_checkpoint
-    if resume in ("true", "True", True):
-        resume = get_last_checkpoint(training_args.output_dir)
-        training_args.resume_from_checkpoint = resume
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
     model = model if model is not None else build_model(model_args, data_args, tokenizer)
     tokenizer.model_max_length = model.config.max_position_embeddings  # saved: longer prompts truncate, not crash
@@ -470,18 +478,41 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     return metrics
 
 
+def with_default_flags(argv: list[str], defaults: dict[str, str]) -> list[str]:
+    """`argv` plus `defaults` for the flags it does not set. HfArgumentParser takes `--output_dir` and `--output-dir`
+    alike, so either spelling counts as set (a default appended after a hyphenated flag would silently win)."""
+    given = {"--" + a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return argv + [item for flag, value in defaults.items() if flag not in given for item in (flag, value)]
+
+
+def check_output_dir(training_args: Seq2SeqTrainingArguments) -> None:
+    """transformers' example-script convention, before any work: a run never trains into a folder that already holds
+    files unless `--overwrite_output_dir` or `--resume_from_checkpoint` asks for it. `--resume_from_checkpoint true`
+    is resolved to the folder's last checkpoint, and an error when there is none (instead of a fresh start)."""
+    output = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("true", "True", True):
+        resume = get_last_checkpoint(str(output)) if output.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint true: there is no checkpoint-* folder in {output} to resume.")
+    elif resume is not None and not Path(resume).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
+    if resume is None and not training_args.overwrite_output_dir and output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"Output directory {output} already exists and is not empty. Pass --overwrite_output_dir to "
+                         "train into it anyway (its model files are replaced), --resume_from_checkpoint to continue "
+                         "its run, or another --output_dir.")
+    training_args.resume_from_checkpoint = resume
+
+
 def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
     """Parse command-line arguments with transformers' HfArgumentParser, applying CenterFocus defaults for flags the
     user did not pass (TensorBoard logging, generation-based evaluation, raw columns kept for the collator)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    defaults = {"--output_dir": "centerfocus-output", "--report_to": "tensorboard", "--predict_with_generate": "true",
-                "--remove_unused_columns": "false", "--do_train": "true", "--do_eval": "true",
-                "--eval_strategy": "epoch", "--save_strategy": "epoch", "--save_total_limit": "2",
-                "--logging_steps": "10", "--dataloader_num_workers": "0", "--save_safetensors": "true"}
-    for flag, value in defaults.items():
-        if flag not in given:
-            argv += [flag, value]
+    argv = with_default_flags(argv, {
+        "--output_dir": "centerfocus-output", "--report_to": "tensorboard", "--predict_with_generate": "true",
+        "--remove_unused_columns": "false", "--do_train": "true", "--do_eval": "true", "--eval_strategy": "epoch",
+        "--save_strategy": "epoch", "--save_total_limit": "2", "--logging_steps": "10",
+        "--dataloader_num_workers": "0", "--save_safetensors": "true"})
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
