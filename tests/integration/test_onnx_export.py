@@ -1,6 +1,7 @@
 """Optimum ONNX export and ONNX Runtime generation against the PyTorch model, TensorRT readiness, INT8, 2:4."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def inputs(tiny_processor, images):
 
 def test_export_writes_every_graph_and_the_support_files(exports):
     for folder in exports.values():
+        assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no staging left
         names = {p.name for p in folder.iterdir()}
         assert set(export.ONNX_FILES) <= names
         assert {"config.json", "configuration_centerfocus.py", "preprocessor_config.json", "tokenizer.json",
@@ -225,3 +227,124 @@ def test_pipeline_uses_the_onnx_runtime_model_with_and_without_a_prompt(exports,
                                                skip_special_tokens=True)[0]
         kwargs = {} if prompt is None else {"prompt": prompt}
         assert captioner(images[0], **kwargs)[0]["generated_text"] == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output folder safety, refused models, folders that are not exports
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Fails the test if Optimum's exporter is reached: refusals must come before the slow export."""
+    import optimum.exporters.onnx
+
+    def fail(*args, **kwargs):
+        raise AssertionError("main_export was called")
+
+    monkeypatch.setattr(optimum.exporters.onnx, "main_export", fail)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _hidden(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_a_folder_that_already_holds_files(saved_folder, tmp_path, no_export):
+    other_model = tmp_path / "other_model"
+    shutil.copytree(saved_folder, other_model)
+    old_export = tmp_path / "old_export"
+    (old_export / "int8").mkdir(parents=True)
+    (old_export / "decoder_model_merged.onnx").write_bytes(b"stale")
+    (old_export / "int8" / "encoder_model.onnx").write_bytes(b"stale")
+    for out in (other_model, old_export):
+        before = _snapshot(out)
+        with pytest.raises(ValueError, match=f"{out} already holds files.*--overwrite"):
+            export.export_main([str(saved_folder), str(out)])
+        assert _snapshot(out) == before
+    with pytest.raises(ValueError, match="is a file"):
+        export.export_onnx(str(saved_folder), str(old_export / "decoder_model_merged.onnx"), overwrite=True)
+    # --overwrite never replaces the model being exported (nor a folder holding it)
+    before = _snapshot(saved_folder)
+    for out in (saved_folder, saved_folder.parent):
+        with pytest.raises(ValueError, match="is \\(or holds\\) the model folder"):
+            export.export_main([str(saved_folder), str(out), "--overwrite"])
+    assert _snapshot(saved_folder) == before
+    assert _hidden(tmp_path) == []
+
+
+def test_overwrite_replaces_an_older_export(saved_folder, tiny_model, inputs, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export.export_main(["--help"])
+    assert "--overwrite" in capsys.readouterr().out
+    out = tmp_path / "onnx"
+    (out / "int8").mkdir(parents=True)
+    for name in ("decoder_model_merged.onnx", "int8/encoder_model.onnx", "model.safetensors"):
+        (out / name).write_bytes(b"stale")
+    export.export_main([str(saved_folder), str(out), "--no-merge", "--no-validate", "--overwrite"])
+    names = {p.name for p in out.iterdir()}
+    assert {"encoder_model.onnx", "decoder_model.onnx", "config.json"} <= names
+    assert not {"decoder_model_merged.onnx", "int8", "model.safetensors"} & names
+    assert _hidden(tmp_path) == []
+    ort_model = export.load_ort_model(str(out))
+    assert not ort_model.decoder.is_merged
+    batch = inputs["image"]
+    assert torch.equal(ort_model.generate(**batch, max_new_tokens=8), tiny_model.generate(**batch, max_new_tokens=8))
+    # an empty folder needs no --overwrite
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export.export_onnx(str(saved_folder), str(empty), merge=False, validate=False)
+    assert (empty / "encoder_model.onnx").is_file()
+
+
+def test_a_failed_export_leaves_the_output_as_it_was(saved_folder, tmp_path, monkeypatch):
+    out = tmp_path / "onnx"
+    with pytest.raises(Exception, match="opset 5"):  # fails inside Optimum, after it wrote the config
+        export.export_onnx(str(saved_folder), str(out), opset=5)
+    assert not out.exists() and _hidden(tmp_path) == []
+    (out / "int8").mkdir(parents=True)
+    (out / "encoder_model.onnx").write_bytes(b"old")
+    (out / "int8" / "encoder_model.onnx").write_bytes(b"old int8")
+    before = _snapshot(out)
+    with pytest.raises(Exception, match="opset 5"):
+        export.export_onnx(str(saved_folder), str(out), opset=5, overwrite=True)
+    assert _snapshot(out) == before and _hidden(tmp_path) == []
+
+    def broken_quantizer(*args):  # a failure after Optimum's export: the step order is export, quantize, optimise
+        raise RuntimeError("quantizer failed")
+
+    monkeypatch.setattr(export, "quantize_int8", broken_quantizer)
+    with pytest.raises(RuntimeError, match="quantizer failed"):
+        export.export_onnx(str(saved_folder), str(out), quantize="int8", merge=False, validate=False, overwrite=True)
+    assert _snapshot(out) == before and _hidden(tmp_path) == []
+
+
+def test_a_non_autoregressive_model_is_refused(saved_folder, tmp_path, no_export):
+    from centerfocus import CenterFocusConfig
+
+    config = CenterFocusConfig.from_pretrained(saved_folder)
+    config.decoder_type = "non_autoregressive"
+    model_dir = tmp_path / "nar"
+    config.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="decoder_type='non_autoregressive'"):
+        export.export_main([str(model_dir), str(tmp_path / "onnx")])
+    assert not (tmp_path / "onnx").exists() and _hidden(tmp_path) == []
+    # exports that bypass export_onnx (centerfocus-optimum-cli, export=True) build the ONNX config
+    with pytest.raises(ValueError, match="decoder_type='non_autoregressive'"):
+        export.CenterFocusOnnxConfig(config, task="image-to-text")
+
+
+def test_a_folder_without_an_encoder_graph_is_named(saved_folder, tmp_path, images):
+    half_written = tmp_path / "half"  # what a failed export used to leave: support files, no graphs
+    half_written.mkdir()
+    export._copy_support_files(saved_folder, half_written)
+    image = tmp_path / "image.png"
+    images[0].save(image)
+    for folder in (half_written, saved_folder):  # saved_folder: a PyTorch model, not an export
+        with pytest.raises(ValueError, match=f"{folder} has no encoder_model.onnx: not a CenterFocus ONNX export"):
+            export.caption_main(["--onnx", str(folder), str(image)])
+        with pytest.raises(ValueError, match="has no encoder_model.onnx"):
+            export.load_ort_model(str(folder))

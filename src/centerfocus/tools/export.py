@@ -9,8 +9,10 @@ Importing this module registers the `centerfocus` model type with Optimum's Task
   Prompts must be at least one token long (a zero-length dimension is not portable across execution providers).
 """
 
+import json
 import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +42,15 @@ TASKS = ("image-to-text", "image-to-text-with-past")
 ONNX_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
 
 
+def check_exportable_decoder(decoder_type: str, source: str) -> None:
+    """ONNX Runtime decodes token by token, so only the autoregressive decoder exports: a `non_autoregressive` model
+    decodes with mask-predict, and its ONNX captions would have nothing to do with the PyTorch ones."""
+    if decoder_type != "autoregressive":
+        raise ValueError(f"{source} has decoder_type={decoder_type!r}: ONNX export supports decoder_type="
+                         "'autoregressive' only (ONNX Runtime decodes token by token, this model decodes with "
+                         "mask-predict); caption it with PyTorch (centerfocus caption --model).")
+
+
 @register_tasks_manager_onnx(MODEL_TYPE, *TASKS)
 class CenterFocusOnnxConfig(OnnxSeq2SeqConfigWithPast):
     """Optimum ONNX config: encoder, decoder, decoder-with-past and (through post-processing) the merged decoder."""
@@ -57,6 +68,11 @@ class CenterFocusOnnxConfig(OnnxSeq2SeqConfigWithPast):
         allow_new=True)
     DUMMY_INPUT_GENERATOR_CLASSES = (DummyVisionInputGenerator, DummyTextInputGenerator,
                                      DummySeq2SeqDecoderTextInputGenerator, DummySeq2SeqPastKeyValuesGenerator)
+
+    def __init__(self, config, *args, **kwargs):
+        # also covers exports that do not go through export_onnx (centerfocus-optimum-cli, export=True)
+        check_exportable_decoder(getattr(config, "decoder_type", "autoregressive"), "The model")
+        super().__init__(config, *args, **kwargs)
 
     @property
     def uses_prompt(self) -> bool:
@@ -240,12 +256,49 @@ def quantize_int8(folder: Path, output: Path) -> Path:
     return output
 
 
+def _check_output_folder(output: Path, model_path: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, that is (or holds) the model folder, or that already holds files unless
+    `overwrite`: exporting into another model's folder would replace its config and tokenizer but not its weights,
+    and an older export's graphs (merged decoder, int8/) would be left beside the new ones."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} is a file, not a folder: choose another output folder.")
+    target, model = output.resolve(), model_path.resolve()
+    if target == model or target in model.parents:
+        raise ValueError(f"{output} is (or holds) the model folder {model_path}: export to another folder.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ValueError(f"{output} already holds files (another model or an older export?): export to a new or "
+                         "empty folder, or pass --overwrite (overwrite=True) to replace its contents.")
+
+
+def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
+    """Rename the finished export `staging` to `target`. An existing `target` is renamed aside first (with
+    `overwrite`; otherwise it must still be empty) and deleted only once the new folder is in place."""
+    if target.exists():
+        if not overwrite:
+            target.rmdir()  # fails if files appeared since the check
+        else:
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            target.rename(old)
+            try:
+                staging.rename(target)
+            except BaseException:
+                old.rename(target)
+                raise
+            shutil.rmtree(old)
+            return
+    staging.rename(target)
+
+
 def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with-past", variant: str = "image",
                 opset: int = 17, optimize: Optional[str] = None, quantize: Optional[str] = None,
-                validate: bool = True, merge: bool = True) -> Path:
+                validate: bool = True, merge: bool = True, overwrite: bool = False) -> Path:
     """Export a saved CenterFocus folder with Optimum's `main_export`; the result loads with
     `CenterFocusORTModelForVision2Seq.from_pretrained(output_dir)` (and with `trust_remote_code=True` in a process
-    without the package). `quantize="int8"` writes the quantized model to `output_dir/int8`."""
+    without the package). `quantize="int8"` writes the quantized model to `output_dir/int8`.
+
+    `output_dir` must be new or empty unless `overwrite=True`, which replaces its contents. The export is written to a
+    hidden folder beside `output_dir` and renamed into place only once everything (export, validation, quantization,
+    optimisation) succeeded; on failure the hidden folder is removed and `output_dir` is left as it was."""
     from optimum.exporters.onnx import main_export
 
     if task not in TASKS:
@@ -259,22 +312,44 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
     model_path, output = Path(model_dir), Path(output_dir)
     if not (model_path / "config.json").is_file():
         raise ValueError(f"{model_dir} is not a saved CenterFocus model folder (no config.json).")
-    main_export(str(model_path), str(output), task=task, opset=opset, trust_remote_code=True, _variant=variant,
-                do_validation=validate, no_post_process=not merge, library_name="transformers")
-    _copy_support_files(model_path, output)
-    if quantize:  # from the plain export: the quantizer's shape inference does not know optimised (fused) graphs
-        quantize_int8(output, output / "int8")
-    if optimize:
-        optimize_onnx(output, optimize)
-        if quantize:
-            optimize_onnx(output / "int8", optimize)
+    decoder_type = json.loads((model_path / "config.json").read_text()).get("decoder_type", "autoregressive")
+    check_exportable_decoder(decoder_type, model_dir)
+    _check_output_folder(output, model_path, overwrite)
+    target = output.resolve()  # through a symlinked output, to the folder it names
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")  # same file system: a rename
+    staging.mkdir()
+    try:
+        main_export(str(model_path), str(staging), task=task, opset=opset, trust_remote_code=True, _variant=variant,
+                    do_validation=validate, no_post_process=not merge, library_name="transformers")
+        _copy_support_files(model_path, staging)
+        if quantize:  # from the plain export: the quantizer's shape inference does not know optimised (fused) graphs
+            quantize_int8(staging, staging / "int8")
+        if optimize:
+            optimize_onnx(staging, optimize)
+            if quantize:
+                optimize_onnx(staging / "int8", optimize)
+        _move_into_place(staging, target, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return output
+
+
+def _check_onnx_folder(onnx_dir: str) -> None:
+    """A folder without an encoder graph would otherwise reach Optimum's fallback, a PyTorch export that fails with
+    an unrelated error ("no pytorch_model.bin", "library name could not be inferred")."""
+    folder = Path(onnx_dir)
+    if folder.is_dir() and not any(folder.glob("*encoder*.onnx")):
+        raise ValueError(f"{onnx_dir} has no encoder_model.onnx: not a CenterFocus ONNX export (write one with "
+                         "`centerfocus export MODEL_DIR OUT_DIR`).")
 
 
 def load_ort_model(onnx_dir: str, provider: str = "CPUExecutionProvider", provider_options: Optional[dict] = None,
                    use_merged: Optional[bool] = None, use_cache: bool = True) -> CenterFocusORTModelForVision2Seq:
     """Load an exported folder for generation on an ONNX Runtime execution provider. For TensorRT, CUDA is added as
     the fallback provider, so `provider_options` (TensorRT options) apply to TensorRT only."""
+    _check_onnx_folder(onnx_dir)
     kwargs = {"use_merged": use_merged, "use_cache": use_cache}
     if provider == "TensorrtExecutionProvider":
         kwargs.update(providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"],
@@ -395,7 +470,8 @@ def tensorrt_profiles(config: CenterFocusConfig, max_batch: int = 8, max_prompt:
 
 def export_main(argv: Optional[list[str]] = None) -> Path:
     """`centerfocus export MODEL_DIR OUT_DIR [--task ...] [--variant image|prompt] [--optimize O1|O2|O3]
-    [--quantize int8] [--tensorrt] [--no-merge] [--opset 17]`."""
+    [--quantize int8] [--tensorrt] [--no-merge] [--opset 17] [--overwrite]`. OUT_DIR must be new or empty unless
+    --overwrite is given; a failed export leaves it as it was."""
     import argparse
     import json
 
@@ -411,6 +487,9 @@ def export_main(argv: Optional[list[str]] = None) -> Path:
                         help="Check TensorRT readiness (operators, static image dims) and write tensorrt_profiles.json.")
     parser.add_argument("--no-merge", action="store_true", help="Skip the merged decoder (decoder_model_merged.onnx).")
     parser.add_argument("--no-validate", action="store_true", help="Skip Optimum's output validation.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace the contents of OUT_DIR when it already holds files (by default a non-empty "
+                             "OUT_DIR is refused). The old contents are removed only once the new export succeeded.")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.tensorrt and args.optimize in ("O2", "O3"):
@@ -418,7 +497,7 @@ def export_main(argv: Optional[list[str]] = None) -> Path:
                      "parse (TensorRT fuses on its own); use --optimize O1 or none with --tensorrt.")
     output = export_onnx(args.model_dir, args.output_dir, task=args.task, variant=args.variant, opset=args.opset,
                          optimize=args.optimize, quantize=args.quantize, validate=not args.no_validate,
-                         merge=not args.no_merge)
+                         merge=not args.no_merge, overwrite=args.overwrite)
     if args.tensorrt:
         report = tensorrt_report(output)
         problems = {name: r for name, r in report.items()
@@ -459,6 +538,8 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     parser.add_argument("--trt_engine_cache", help="TensorRT: engine and timing cache folder.")
     args = parser.parse_args(argv)
     folder = args.onnx or args.model
+    if args.onnx:
+        _check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
     processor = CenterFocusProcessor.from_pretrained(folder)
     if args.onnx:
         options = {}
