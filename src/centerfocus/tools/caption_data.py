@@ -18,40 +18,53 @@ logger = logging.getLogger(__name__)
 _METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 
 
-def _read_metadata(path: Path) -> list[dict]:
+def _read_metadata(path: Path) -> list[tuple[int, dict]]:
+    """`(line number, row)` pairs of a metadata.jsonl / metadata.csv file (the CSV header is line 1). Read as
+    "utf-8-sig": a byte-order mark (Excel's UTF-8 CSV) is dropped, not taken into the first column's name."""
     try:
         if path.suffix == ".jsonl":
             rows = []
-            with path.open(encoding="utf-8") as handle:
+            with path.open(encoding="utf-8-sig") as handle:
                 for number, line in enumerate(handle, start=1):
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            row = json.loads(line)
                         except json.JSONDecodeError as error:
                             raise ValueError(f"{path}: line {number} is not valid JSON ({error.msg}).") from None
+                        if not isinstance(row, dict):
+                            raise ValueError(f"{path}: line {number} is not a JSON object "
+                                             f"(got {type(row).__name__}).")
+                        rows.append((number, row))
             return rows
-        with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            return [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text.") from None
 
 
 def check_image_folder(folder: Path, required_columns: tuple[str, ...] = ()) -> None:
     """Before `load_dataset("imagefolder")`: every metadata file has `file_name` and the `required_columns`, and
-    names files that exist."""
+    every row names a file that exists."""
     metadata_files = [p for name in _METADATA_NAMES for p in folder.rglob(name)]
     for metadata in metadata_files:
         rows = _read_metadata(metadata)
         if not rows:
             raise ValueError(f"{metadata} has no rows.")
+        first = rows[0][1]
         for column in ("file_name", *required_columns):
-            if column not in rows[0]:
-                raise ValueError(f"{metadata} has no column {column!r} (columns: {sorted(rows[0])}). Use "
+            if column not in first:
+                columns = sorted(name for name in first if isinstance(name, str))  # csv puts extra fields under None
+                raise ValueError(f"{metadata} has no column {column!r} (columns: {columns}). Use "
                                  "--caption_column / --prompt_column to name the columns.")
-        for row in rows:
-            image_path = metadata.parent / str(row["file_name"])
+        for number, row in rows:
+            file_name = row.get("file_name")
+            if file_name is None or not str(file_name).strip():
+                raise ValueError(f"{metadata}, line {number}: the row has no 'file_name' "
+                                 "(every row must name its image file).")
+            image_path = metadata.parent / str(file_name)
             if not image_path.is_file():
-                raise ValueError(f"Image file {image_path} listed in {metadata} does not exist.")
+                raise ValueError(f"Image file {image_path} listed in {metadata} does not exist (line {number}).")
 
 
 def load_image_dataset(path_or_name: str, config_name: Optional[str] = None,

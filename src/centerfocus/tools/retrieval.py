@@ -59,24 +59,44 @@ class CaptionIndex:
     @functools.cached_property
     def embedder(self) -> tuple[CenterFocusForConditionalGeneration, CenterFocusProcessor]:
         """The index's own embedding model and processor, loaded once per index."""
+        if self.embedding_model is None:
+            raise ValueError("This caption index records no embedding model to embed query images with; build the "
+                             "index with `centerfocus index --model DIR`.")
         return load_embedder(self.embedding_model)
 
     def save(self, folder: str) -> Path:
+        """Write the index to `folder`. An embedding model inside `folder` is recorded relative to it, so the index
+        and its model can be moved together; any other model by its absolute path."""
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
+        embedding_model = self.embedding_model
+        if embedding_model is not None and Path(embedding_model).resolve().is_relative_to(path.resolve()):
+            embedding_model = Path(embedding_model).resolve().relative_to(path.resolve()).as_posix()
         save_file({"embeddings": self.embeddings.contiguous()}, path / "embeddings.safetensors")
         (path / "captions.json").write_text(json.dumps({"captions": self.captions,
-                                                        "embedding_model": self.embedding_model}))
+                                                        "embedding_model": embedding_model}))
         return path
 
     @classmethod
     def load(cls, folder: str) -> "CaptionIndex":
+        """Read an index written by `save`. Raises ValueError when a file is missing or the embedding model it was
+        built with no longer exists (without that model, query images cannot be embedded like the index's)."""
         path = Path(folder)
         for name in ("embeddings.safetensors", "captions.json"):
             if not (path / name).is_file():
                 raise ValueError(f"{folder} is not a caption index (no {name}); build one with `centerfocus index`.")
         meta = json.loads((path / "captions.json").read_text())
-        return cls(load_file(path / "embeddings.safetensors")["embeddings"], meta["captions"], meta["embedding_model"])
+        embedding_model = meta.get("embedding_model")
+        if embedding_model is not None:
+            model_path = path / embedding_model  # a relative path is relative to the index; an absolute one stays
+            if not model_path.is_dir():
+                raise ValueError(
+                    f"Caption index {folder} was built with the embedding model {model_path}, which no longer exists "
+                    f"(moved or deleted). Rebuild the index with `centerfocus index --model MODEL_DIR --dataset DATA "
+                    f"--output {folder}`, or, if the model was moved, set \"embedding_model\" in "
+                    f"{path / 'captions.json'} to its new folder.")
+            embedding_model = str(model_path.resolve())
+        return cls(load_file(path / "embeddings.safetensors")["embeddings"], meta["captions"], embedding_model)
 
     def search(self, queries: torch.Tensor, k: int, exclude_identical: bool = False):
         """`(scores, indices)`, each `(Q, k)`, best first. `exclude_identical` skips entries with the query's own

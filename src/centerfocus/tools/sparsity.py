@@ -7,6 +7,7 @@ every optimizer step so the pattern is kept while the rest of the model adapts.
 """
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -83,12 +84,25 @@ class KeepSparsityCallback(TrainerCallback):
             parameter.mul_(mask)
 
 
+def check_output_folder(model_dir: str, output_dir: str) -> None:
+    """Refuse an output folder that is the model folder or holds anything: sparsify would replace the model there
+    and leave its other files (checkpoints, results) beside the pruned one."""
+    output = Path(output_dir)
+    if output.resolve() == Path(model_dir).resolve():
+        raise ValueError(f"The output folder {output_dir} is the model folder {model_dir}: sparsify would replace the "
+                         "dense model. Name a new or empty output folder.")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"The output folder {output_dir} is a file, not a folder. Name a new or empty output folder.")
+    if output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"The output folder {output_dir} is not empty; sparsify would mix the pruned model with what "
+                         "is there. Name a new or empty output folder.")
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     """`centerfocus sparsify MODEL_DIR OUT_DIR [--dataset D --finetune_steps N]`: prune, optionally fine-tune on
     `--dataset`, save, and report the caption quality before and after on the data set's evaluation split."""
     import argparse
     import json
-    from pathlib import Path
 
     from ..processing_centerfocus import CenterFocusProcessor
     from . import train
@@ -104,6 +118,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--max_eval_samples", type=int, default=200)
     args = parser.parse_args(argv)
+    if args.finetune_steps and not args.dataset:
+        raise ValueError("--finetune_steps needs --dataset: the data set to fine-tune on (and to evaluate with).")
+    check_output_folder(args.model_dir, args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     model = CenterFocusForConditionalGeneration.from_pretrained(args.model_dir).eval()
@@ -128,11 +145,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)
-    if args.finetune_steps and args.dataset:
+    if args.finetune_steps:
         model_args, data_args, training_args = train.parse_args([
             "--dataset", args.dataset, "--model_name_or_path", str(output), "--output_dir", str(output),
             "--max_steps", str(args.finetune_steps), "--learning_rate", str(args.learning_rate),
-            "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no", "--report_to", "none"])
+            "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no", "--report_to", "none",
+            "--overwrite_output_dir", "true"])  # `output` holds only the pruned model just saved: train over it
         callback = KeepSparsityCallback(model, masks)  # the pruned model just saved to `output`
         train.run_training(model_args, data_args, training_args, callbacks=[callback], model=model)
         model = CenterFocusForConditionalGeneration.from_pretrained(output).eval()
