@@ -167,3 +167,39 @@ def test_index_without_an_embedding_model_refuses_to_embed_queries(tmp_path, ima
     assert loaded.prompts(torch.eye(3)[:1], k=1) == [CAPTIONS[0]]  # search needs no model
     with pytest.raises(ValueError, match="records no embedding model"):
         retrieval_prompts(loaded, images[:1], k=1)
+
+
+# --- centerfocus caption ----------------------------------------------------------------------------------------
+
+def test_caption_in_batches_equals_one_generate_over_all_images(saved_folder, tiny_model, tiny_processor, tmp_path,
+                                                                 capsys):
+    import torch
+
+    paths = []
+    for seed in range(5):
+        path = tmp_path / f"{seed}.png"
+        make_image(seed).save(path)
+        paths.append(str(path))
+    captions = export.caption_main(["--model", str(saved_folder), "--batch_size", "2", *paths])
+    printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row["image"] for row in printed] == paths
+    with torch.no_grad():
+        expected = tiny_processor.batch_decode(tiny_model.generate(**tiny_processor(images=[make_image(s) for s in
+                                                                                            range(5)])),
+                                               skip_special_tokens=True)
+    assert captions == expected
+    assert [row["caption"] for row in printed] == [c.strip() for c in expected]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num_beams", "0"], "argument --num_beams: must be at least 1, got 0"),
+    (["--k", "-1"], "argument --k: must be at least 1, got -1"),
+    (["--max_new_tokens", "0"], "argument --max_new_tokens: must be at least 1, got 0"),
+    (["--batch_size", "x"], "argument --batch_size: expected a whole number, got 'x'"),
+    (["--prompt", "hi", "--index", "idx"], "--prompt and --index both set the encoder prompt"),
+])
+def test_caption_refuses_bad_flag_values(saved_folder, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        export.caption_main(["--model", str(saved_folder), *flags, "x.png"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -531,12 +531,16 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
                         choices=["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
     parser.add_argument("--prompt", help="Encoder prompt (needs a --variant prompt export for --onnx).")
     parser.add_argument("--index", help="Caption index (centerfocus index): the k nearest captions become the prompt.")
-    parser.add_argument("--k", type=int, default=2, help="Captions retrieved per image with --index.")
-    parser.add_argument("--num_beams", type=int, default=1)
-    parser.add_argument("--max_new_tokens", type=int, default=None)
+    parser.add_argument("--k", type=_positive_int, default=2, help="Captions retrieved per image with --index.")
+    parser.add_argument("--num_beams", type=_positive_int, default=1)
+    parser.add_argument("--max_new_tokens", type=_positive_int, default=None)
+    parser.add_argument("--batch_size", type=_positive_int, default=16,
+                        help="Images opened and captioned at a time (one JSON line each, as they are done).")
     parser.add_argument("--trt_fp16", action="store_true", help="TensorRT: build fp16 engines.")
     parser.add_argument("--trt_engine_cache", help="TensorRT: engine and timing cache folder.")
     args = parser.parse_args(argv)
+    if args.prompt and args.index:
+        parser.error("--prompt and --index both set the encoder prompt: pass one of them.")
     folder = args.onnx or args.model
     if args.onnx:
         _check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
@@ -555,26 +559,49 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         from ..modeling_centerfocus import CenterFocusForConditionalGeneration
 
         model = CenterFocusForConditionalGeneration.from_pretrained(folder).eval()
-    images = []
-    for path in args.images:
+    for path in args.images:  # every path readable as an image before any captioning (headers only)
         try:
-            images.append(Image.open(path))
+            Image.open(path).close()
         except (OSError, ValueError) as error:
             raise SystemExit(f"Cannot read image {path}: {error}") from None
-    prompts = [args.prompt] * len(images) if args.prompt else None
+    index = None
     if args.index:
-        from .retrieval import CaptionIndex, retrieval_prompts
+        from .retrieval import CaptionIndex
 
-        prompts = retrieval_prompts(CaptionIndex.load(args.index), images, args.k)
-    inputs = processor(images=images, text=prompts)
+        index = CaptionIndex.load(args.index)
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    with torch.inference_mode():
-        captions = processor.batch_decode(model.generate(**inputs, **kwargs), skip_special_tokens=True)
-    for path, caption in zip(args.images, captions):
-        print(json.dumps({"image": path, "caption": caption.strip()}))
+    captions = []
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        images = [Image.open(path) for path in paths]
+        prompts = [args.prompt] * len(images) if args.prompt else None
+        if index is not None:
+            from .retrieval import retrieval_prompts
+
+            prompts = retrieval_prompts(index, images, args.k)
+        inputs = processor(images=images, text=prompts)
+        for image in images:
+            image.close()
+        with torch.inference_mode():
+            batch = processor.batch_decode(model.generate(**inputs, **kwargs), skip_special_tokens=True)
+        for path, caption in zip(paths, batch):
+            print(json.dumps({"image": path, "caption": caption.strip()}), flush=True)
+        captions += batch
     return captions
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def optimum_cli_main() -> None:
