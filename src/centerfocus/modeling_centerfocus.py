@@ -1339,9 +1339,22 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`, or mask-predict decoding for `decoder_type="non_autoregressive"` models
         (there `generate(pixel_values, input_ids=..., attention_mask=..., nar_iterations=...)`; beam search and
-        sampling options do not apply and are ignored), so `pipeline("image-to-text")` works for both."""
+        sampling options do not apply and are ignored with a warning, and options that would change the output,
+        `num_return_sequences` > 1 and `return_dict_in_generate`, are refused), so `pipeline("image-to-text")` works
+        for both."""
         if not self.is_non_autoregressive:
             return super().generate(*args, **kwargs)
+        config = kwargs.get("generation_config")
+
+        def option(name):
+            return kwargs.get(name, getattr(config, name, None))
+
+        if (option("num_return_sequences") or 1) > 1 or option("return_dict_in_generate"):
+            raise ValueError("Mask-predict decoding (decoder_type='non_autoregressive') returns one tensor of token ids, "
+                             "one caption per image: `num_return_sequences` > 1 and `return_dict_in_generate` do not "
+                             "apply.")
+        if (option("num_beams") or 1) > 1 or option("do_sample"):
+            logger.warning_once("Mask-predict decoding ignores beam search and sampling options.")
         pixel_values = args[0] if args else kwargs.pop("pixel_values", None)
         return self.generate_non_autoregressive(pixel_values, kwargs.get("input_ids"), kwargs.get("attention_mask"),
                                                 kwargs.get("nar_iterations"))

@@ -449,3 +449,19 @@ def test_cached_generation_with_a_compiled_forward_matches_eager():
         compiled = model.generate(pixel_values=pixel_values, max_new_tokens=6, min_new_tokens=6)
     torch._dynamo.reset()
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.parametrize("option", [{"num_return_sequences": 2, "num_beams": 2}, {"return_dict_in_generate": True}])
+def test_non_autoregressive_generate_refuses_options_that_change_the_output(option):
+    model = _model(decoder_type="non_autoregressive").eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"one caption per image: `num_return_sequences` > 1 and"):
+        model.generate(torch.randn(2, 3, 32, 32), **option)
+
+
+def test_non_autoregressive_generate_ignores_beam_options():
+    model = _model(decoder_type="non_autoregressive").eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.generate(pixel_values)
+        with_beams = model.generate(pixel_values, num_beams=3)
+    assert torch.equal(plain, with_beams)
