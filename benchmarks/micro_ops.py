@@ -180,79 +180,80 @@ def op_family(name: str) -> str:
 def step_breakdown(steps: int, models=("centerfocus", "vision_encoder_decoder"), width: int = WIDTH,
                    layers: int = DECODER_LAYERS, heads: int = HEADS, batch: int = BATCH) -> dict:
     """Time every aten op of `steps` training steps under a dispatch mode (which adds its own per-op overhead, so the
-    families are shares, and `framework_s` is Python, autograd and the mode), alongside `steps` plain steps and
+    families are shares, and `framework` is Python, autograd and the mode), alongside `steps` plain steps and
     matmul peaks measured in between."""
-    from collections import defaultdict
-
     from common import count_cpu_flash_attention
-    from compare_captioners import CAPTION_TOKENS, build, matmul_peak_gflops
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     from centerfocus.tools.allocator import keep_freed_memory
 
     keep_freed_memory()
     count_cpu_flash_attention()
-    results = {}
-    for name in models:
-        model, loss_fn = build(name, width, layers, heads)
-        model.train()
-        pixels = torch.randn(batch, 3, 224, 224)
-        labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
-        with FlopCounterMode(display=False) as counter:
-            loss_fn(pixels, labels).backward()
-        step_flops = counter.get_total_flops()
-        model.zero_grad(set_to_none=True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        seconds, flops = defaultdict(float), defaultdict(int)
+    return {name: _breakdown_one(name, steps, width, layers, heads, batch) for name in models}
 
-        class Timed(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                start = time.perf_counter()
-                out = func(*args, **(kwargs or {}))
-                key = str(func)
-                seconds[op_family(key)] += time.perf_counter() - start
-                if key in MATMULS:
-                    flops["matmul"] += 2 * MATMULS[key](*args[:3])
-                return out
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(pixels, labels).backward()
-            optimizer.step()
+def _breakdown_one(name: str, steps: int, width: int, layers: int, heads: int, batch: int) -> dict:
+    from collections import defaultdict
 
-        step()
-        step()
-        plain, timed, peaks = [], [], []
-        for _ in range(steps):
+    from compare_captioners import CAPTION_TOKENS, build, matmul_peak_gflops
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, loss_fn = build(name, width, layers, heads)
+    model.train()
+    pixels = torch.randn(batch, 3, 224, 224)
+    labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(pixels, labels).backward()
+    step_flops = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    seconds, flops = defaultdict(float), defaultdict(int)
+
+    class Timed(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            key = str(func)
+            seconds[op_family(key)] += time.perf_counter() - start
+            if key in MATMULS:
+                flops["matmul"] += 2 * MATMULS[key](*args[:3])
+            return out
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(pixels, labels).backward()
+        optimizer.step()
+
+    step()
+    step()
+    plain, timed, peaks = [], [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with Timed():
             step()
-            plain.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            with Timed():
-                step()
-            timed.append(time.perf_counter() - start)
-            peaks.append(matmul_peak_gflops(repeats=3))
-        peak = statistics.median(peaks)
-        step_s, timed_s = statistics.median(plain), sum(timed) / steps
-        family = {k: v / steps for k, v in seconds.items()}
-        matmul_s = family["matmul"]
-        flop_counted_s = sum(family.get(k, 0.0) for k in ("matmul", "attention", "convolution"))
-        results[name] = {
-            "step_s": round(step_s, 3),
-            "matmul_peak_gflops": round(peak, 1),
-            "fraction_of_peak": round(step_flops / step_s / 1e9 / peak, 3),
-            "timed_step_s": round(timed_s, 3),
-            "share_of_timed_step": {**{k: round(v / timed_s, 3) for k, v in sorted(family.items())},
-                                    "framework": round(1 - sum(family.values()) / timed_s, 3)},
-            "matmul_flops_per_step": flops["matmul"] // steps,
-            "matmul_flops_share": round(flops["matmul"] / steps / step_flops, 3),
-            "matmul_gflops": round(flops["matmul"] / steps / matmul_s / 1e9, 1),
-            "matmul_fraction_of_peak": round(flops["matmul"] / steps / matmul_s / 1e9 / peak, 3),
-            "fraction_of_peak_if_only_flop_counted_ops_took_time": round(step_flops / flop_counted_s / 1e9 / peak, 3),
-        }
-        del model, optimizer
-    return results
+        timed.append(time.perf_counter() - start)
+        peaks.append(matmul_peak_gflops(repeats=3))
+    peak = statistics.median(peaks)
+    step_s, timed_s = statistics.median(plain), sum(timed) / steps
+    family = {k: v / steps for k, v in seconds.items()}
+    matmul_s = family["matmul"]
+    flop_counted_s = sum(family.get(k, 0.0) for k in ("matmul", "attention", "convolution"))
+    return {
+        "step_s": round(step_s, 3),
+        "matmul_peak_gflops": round(peak, 1),
+        "fraction_of_peak": round(step_flops / step_s / 1e9 / peak, 3),
+        "timed_step_s": round(timed_s, 3),
+        "share_of_timed_step": {**{k: round(v / timed_s, 3) for k, v in sorted(family.items())},
+                                "framework": round(1 - sum(family.values()) / timed_s, 3)},
+        "matmul_flops_per_step": flops["matmul"] // steps,
+        "matmul_flops_share": round(flops["matmul"] / steps / step_flops, 3),
+        "matmul_gflops": round(flops["matmul"] / steps / matmul_s / 1e9, 1),
+        "matmul_fraction_of_peak": round(flops["matmul"] / steps / matmul_s / 1e9 / peak, 3),
+        "fraction_of_peak_if_only_flop_counted_ops_took_time": round(step_flops / flop_counted_s / 1e9 / peak, 3),
+    }
 
 
 def main() -> None:

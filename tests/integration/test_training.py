@@ -389,3 +389,10 @@ def test_pretrain_vision_without_an_evaluation_split_trains_with_its_defaults(tm
     assert CenterFocusForImageClassification.from_pretrained(vision).config.num_labels > 1
     with pytest.raises(ValueError, match="already exists and is not empty"):  # the same guard as train
         pretrain.main(["--dataset", str(classes), "--output_dir", str(vision), "--model_size", "tiny"])
+
+
+def test_image_size_flag_wins_over_config_overrides(caption_data):
+    model_args, data_args, _ = train.parse_args(["--dataset", str(caption_data), "--model_size", "tiny",
+                                                 "--config_overrides", "image_size=64", "--image_size", "32"])
+    tokenizer = train.prepare_tokenizer(model_args, ["a red circle in the centre"])
+    assert train.build_model(model_args, data_args, tokenizer).config.image_size == 32

@@ -31,8 +31,8 @@ DEMO_CONFIG = ("hidden_size=128,num_attention_heads=4,encoder_layers=1,decoder_l
                "max_position_embeddings=64")
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def _parser(prog: str, description: str = __doc__) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--output_dir", default="demo_output", help="Where data, model and picture go.")
     parser.add_argument("--num_train", type=int, default=2000, help="Training scenes.")
     parser.add_argument("--num_test", type=int, default=200, help="Held-out scenes.")
@@ -44,7 +44,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def generate_data_main(argv: Optional[list[str]] = None) -> Path:
     """`centerfocus generate-data`: write the built-in data set to `--output_dir` (an image folder)."""
-    args = _parser("centerfocus generate-data").parse_args(argv)
+    args = _parser("centerfocus generate-data", generate_data_main.__doc__).parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     path = generate_caption_dataset(args.output_dir, num_train=args.num_train, num_test=args.num_test,
                                     image_size=args.image_size, seed=args.seed,
@@ -113,7 +113,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--max_steps", type=int, default=2000, help="Training steps.")
     parser.add_argument("--batch_size", type=int, default=32, help="Training batch size.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
-    parser.add_argument("--config_overrides", default=DEMO_CONFIG, help="Model config (see centerfocus train).")
+    parser.add_argument("--config_overrides", default=DEMO_CONFIG,
+                        help=f"Model config, replacing the demo's whole default (see centerfocus train); --image_size "
+                             f"sets the model's image size. Default: {DEMO_CONFIG}")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output = Path(args.output_dir)

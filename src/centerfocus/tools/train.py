@@ -107,7 +107,8 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     max_target_length: int = field(default=32, metadata={"help": "Longest caption in tokens (incl. eos)."})
-    image_size: Optional[int] = field(default=None, metadata={"help": "Image size of a new model (overrides preset)."})
+    image_size: Optional[int] = field(default=None, metadata={
+        "help": "Image size of a new model (overrides the preset and an image_size in --config_overrides)."})
     retrieval_index: Optional[str] = field(default=None, metadata={
         "help": "A caption index (centerfocus index): each image's k nearest training captions (never its own) "
                 "become its encoder prompt, for retrieval-augmented captioning."})
@@ -173,9 +174,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
         kwargs.update(_vision_config_fields(model_args.vision_init))
     if model_args.text_init:
         kwargs.update(_text_config_fields(model_args.text_init))
-    if data_args.image_size:
-        kwargs["image_size"] = data_args.image_size
     kwargs.update(_parse_overrides(model_args.config_overrides))
+    if data_args.image_size:  # the explicit flag wins over the preset and over --config_overrides
+        kwargs["image_size"] = data_args.image_size
     for name in ("contrastive_loss_weight", "center_loss_weight", "decoder_type", "nar_iterations"):
         if getattr(model_args, name) is not None:
             kwargs[name] = getattr(model_args, name)
