@@ -699,6 +699,12 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _can_compile_fullgraph = False
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers decides this by searching the model file for its AttentionInterface code; CenterFocusAttention
+        # reads `config._attn_implementation` at every call, so `set_attn_implementation("eager"|"sdpa")` works
+        return True
+
     def __init__(self, config: CenterFocusConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
         self.config.auto_map = {**_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}

@@ -465,3 +465,23 @@ def test_non_autoregressive_generate_ignores_beam_options():
         plain = model.generate(pixel_values)
         with_beams = model.generate(pixel_values, num_beams=3)
     assert torch.equal(plain, with_beams)
+
+
+def test_set_attn_implementation_switches_every_layer_at_run_time():
+    model = _model().eval()
+    pixel_values, decoder_input_ids = torch.randn(2, 3, 32, 32), torch.tensor([[1, 5, 6], [1, 7, 8]])
+    with torch.no_grad():
+        sdpa = model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids).logits
+        model.set_attn_implementation("eager")
+        assert {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")} == {"eager"}
+        calls = []
+        hook = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: calls.append(1) or hook(*a, **k)
+        try:
+            eager = model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids).logits
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = hook
+        assert not calls  # the explicit softmax path ran
+        torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5)
+        model.set_attn_implementation("sdpa")
+        assert model.config._attn_implementation == "sdpa"
