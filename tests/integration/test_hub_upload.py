@@ -90,6 +90,7 @@ def source_folder(saved_folder, tmp_path_factory) -> Path:
         torch.save({"state": name}, checkpoint / name)
     shutil.copy(folder / "model.safetensors", checkpoint / "model.safetensors")
     (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": [{"loss": 3.0, "step": 12}]}))
+    torch.save({"state": "args"}, folder / "training_args.bin")  # what Trainer.save_model writes next to the model
     (folder / "runs" / "run0").mkdir(parents=True)
     (folder / "runs" / "run0" / "events.out.tfevents.0").write_bytes(b"tensorboard")
     return folder

@@ -396,3 +396,30 @@ def test_image_size_flag_wins_over_config_overrides(caption_data):
                                                  "--config_overrides", "image_size=64", "--image_size", "32"])
     tokenizer = train.prepare_tokenizer(model_args, ["a red circle in the centre"])
     assert train.build_model(model_args, data_args, tokenizer).config.image_size == 32
+
+
+def test_label_smoothing_trains_and_smooths_the_cross_entropy(caption_data, tmp_path):
+    import torch.nn.functional as F
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from centerfocus.tools.caption_data import CaptionCollator
+
+    metrics = _train(caption_data, tmp_path / "smoothed", "--max_steps", "2", "--label_smoothing_factor", "0.1",
+                     "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no")
+    assert np.isfinite(metrics["train_loss"])
+    # the Trainer's smoothed loss on one batch equals torch's label-smoothed cross-entropy over the model's logits
+    model = CenterFocusForConditionalGeneration.from_pretrained(tmp_path / "smoothed").eval()
+    processor = CenterFocusProcessor.from_pretrained(tmp_path / "smoothed")
+    rows = [{"image": Image_open(p), "text": "a red circle in the centre"}
+            for p in sorted((caption_data / "train").glob("*.png"))[:3]]
+    batch = CaptionCollator(processor, model=model)(rows)
+    assert torch.equal(batch["decoder_input_ids"], model.prepare_decoder_input_ids_from_labels(batch["labels"]))
+    args = Seq2SeqTrainingArguments(str(tmp_path / "args"), label_smoothing_factor=0.1, use_cpu=True,
+                                    report_to="none", remove_unused_columns=False)
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=CaptionCollator(processor, model=model))
+    with torch.no_grad():
+        smoothed = trainer.compute_loss(model, dict(batch))
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    expected = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
+                               label_smoothing=0.1)
+    torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-6)

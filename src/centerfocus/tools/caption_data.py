@@ -157,20 +157,27 @@ def check_caption_dataset(
 
 class CaptionCollator:
     """Turns raw data-set rows (PIL images, caption strings, optional prompts) into model inputs with the processor:
-    `pixel_values`, `labels` (-100 padded) and, with prompts, `input_ids` / `attention_mask`."""
+    `pixel_values`, `labels` (-100 padded) and, with prompts, `input_ids` / `attention_mask`.
+
+    Given the (autoregressive) `model`, it also adds `decoder_input_ids` derived from the labels, as transformers'
+    `DataCollatorForSeq2Seq` does: the Trainer's `label_smoothing_factor` takes `labels` out of the batch before the
+    forward pass, and the model then needs its decoder inputs from elsewhere."""
 
     def __init__(self, processor: CenterFocusProcessor, image_column: str = "image", caption_column: str = "text",
-                 prompt_column: Optional[str] = None, max_target_length: Optional[int] = None):
+                 prompt_column: Optional[str] = None, max_target_length: Optional[int] = None, model=None):
         self.processor = processor
         self.image_column = image_column
         self.caption_column = caption_column
         self.prompt_column = prompt_column
         self.max_target_length = max_target_length
+        self.model = model if model is not None and not getattr(model, "is_non_autoregressive", False) else None
 
     def __call__(self, features: list[dict]) -> dict:
         images = [feature[self.image_column] for feature in features]
         captions = [feature[self.caption_column] for feature in features]
         prompts = [feature[self.prompt_column] for feature in features] if self.prompt_column else None
-        batch = self.processor(images=images, text=prompts, text_target=captions,
-                               max_target_length=self.max_target_length, return_tensors="pt")
-        return dict(batch)
+        batch = dict(self.processor(images=images, text=prompts, text_target=captions,
+                                    max_target_length=self.max_target_length, return_tensors="pt"))
+        if self.model is not None:
+            batch["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        return batch

@@ -60,6 +60,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: never uploaded or read, so the optimizer/scheduler/RNG pickles they always hold do not make a folder unsafe.
 TRAINING_STATE_DIR = re.compile(r"^(checkpoint-\d+|runs)$")
 
+#: Top-level pickles the Trainer itself writes next to the model (`Trainer.save_model`: its arguments). Never read or
+#: uploaded, so they do not make a folder unsafe either.
+TRAINING_STATE_FILES = ("training_args.bin",)
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")
@@ -141,8 +145,8 @@ def find_pickle_files(folder: PathLike) -> tuple[list[str], list[str]]:
         folder: The folder to scan (recursively; symbolic links to folders are not followed).
 
     Returns:
-        `(refused, ignored)`: relative paths outside, and inside, the Trainer's top-level training-state folders
-        (`checkpoint-<step>/`, `runs/`), which are never uploaded.
+        `(refused, ignored)`: relative paths outside, and inside, the Trainer's training state (the top-level
+        `checkpoint-<step>/` and `runs/` folders and `training_args.bin`), which is never uploaded.
     """
     root = Path(folder)
     refused, ignored = [], []
@@ -150,7 +154,8 @@ def find_pickle_files(folder: PathLike) -> tuple[list[str], list[str]]:
         for name in names:
             if name.lower().endswith(PICKLE_SUFFIXES):
                 relative = (Path(directory) / name).relative_to(root)
-                in_state = len(relative.parts) > 1 and TRAINING_STATE_DIR.match(relative.parts[0])
+                in_state = (len(relative.parts) > 1 and TRAINING_STATE_DIR.match(relative.parts[0])) or (
+                    relative.as_posix() in TRAINING_STATE_FILES)
                 (ignored if in_state else refused).append(relative.as_posix())
     return sorted(refused), sorted(ignored)
 

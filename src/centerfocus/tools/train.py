@@ -438,6 +438,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     resume = training_args.resume_from_checkpoint
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
     model = model if model is not None else build_model(model_args, data_args, tokenizer)
+    if training_args.label_smoothing_factor and model.is_non_autoregressive:
+        raise ValueError("--label_smoothing_factor applies to autoregressive decoding only: a non-autoregressive "
+                         "model computes its own loss from the labels.")
     tokenizer.model_max_length = model.config.max_position_embeddings  # saved: longer prompts truncate, not crash
     image_size = model.config.image_size
     image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -461,7 +464,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=CaptionCollator(processor, data_args.image_column, data_args.caption_column,
-                                      data_args.prompt_column, data_args.max_target_length),
+                                      data_args.prompt_column, data_args.max_target_length, model=model),
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=callbacks,
