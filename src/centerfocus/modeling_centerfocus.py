@@ -171,6 +171,11 @@ def decoder_self_attention_mask(query_length: int, past_length: int, padding: Op
     return combine_masks(causal_mask(query_length, past_length, device), padding), False
 
 
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision values to float32 for losses and softmaxes; float32 and float64 stay as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def check_dynamic_cache(cache: Cache) -> None:
     """CenterFocus reads cached lengths and cross-attention keys/values as stored, which a pre-allocated (static) cache
     pads to its full length: refuse one rather than decode wrongly."""
@@ -1228,7 +1233,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         """Caption cross-entropy (labels are already aligned with the logits: the decoder inputs were shifted, so
         the labels are not shifted again) plus the enabled auxiliary losses."""
         labels = labels.to(logits.device)
-        lm_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        lm_loss = F.cross_entropy(_upcast(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         losses = {"lm_loss": lm_loss, "loss": lm_loss}
         num_image_tokens = self.config.num_image_tokens
         image_states = outputs.encoder_last_hidden_state[:, :num_image_tokens]  # (B, N, D)
@@ -1244,8 +1249,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
 
     def _contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE between `(B, D)` image and caption embeddings (CLIP)."""
-        image = F.normalize(self.image_projection(image_embeds).float(), dim=-1)
-        text = F.normalize(self.text_projection(text_embeds).float(), dim=-1)
+        image = F.normalize(_upcast(self.image_projection(image_embeds)), dim=-1)
+        text = F.normalize(_upcast(self.text_projection(text_embeds)), dim=-1)
         logits = self.logit_scale.exp() * image @ text.t()  # (B, B)
         targets = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
@@ -1255,7 +1260,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         tied embedding, must predict every word of the caption (bag-of-words negative log-likelihood)."""
         is_center = self.model.encoder.image_tokenizer.token_is_center
         center = image_states[:, is_center].mean(1)  # (B, D)
-        log_probs = F.log_softmax(F.linear(self.center_head(center), self.get_input_embeddings().weight).float(), -1)
+        log_probs = F.log_softmax(_upcast(F.linear(self.center_head(center), self.get_input_embeddings().weight)), -1)
         valid = labels != -100
         picked = log_probs.gather(1, labels.clamp(min=0))  # (B, T)
         return -(picked * valid).sum() / valid.sum().clamp(min=1)
@@ -1294,7 +1299,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
                                                self.config.num_image_tokens)
         logits = self._length_logits(outputs.encoder_last_hidden_state, encoder_mask)
         lengths = (labels != -100).sum(1).clamp(max=self.config.nar_max_length)
-        return F.cross_entropy(logits.float(), lengths)
+        return F.cross_entropy(_upcast(logits), lengths)
 
     @torch.no_grad()
     def generate_non_autoregressive(self, pixel_values: torch.Tensor, input_ids=None, attention_mask=None,

@@ -485,3 +485,14 @@ def test_set_attn_implementation_switches_every_layer_at_run_time():
         torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5)
         model.set_attn_implementation("sdpa")
         assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_float64_model_keeps_its_loss_in_float64():
+    model = _model(contrastive_loss_weight=0.0, center_loss_weight=0.0).double().eval()
+    pixel_values, labels = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([[5, 6, 2], [7, 2, -100]])
+    with torch.no_grad():
+        output = model(pixel_values=pixel_values, labels=labels)
+    expected = torch.nn.functional.cross_entropy(output.logits.reshape(-1, output.logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100)
+    assert output.logits.dtype == torch.float64 and output.loss.dtype == torch.float64
+    torch.testing.assert_close(output.loss, expected, rtol=1e-12, atol=1e-12)
