@@ -234,3 +234,10 @@ def test_modules_load_offline_by_path_in_a_fresh_process(tmp_path):
 def test_invalid_inputs_raise(predictions, references, error, message):
     with pytest.raises(error, match=message):
         compute_caption_metrics(predictions, references)
+
+
+@pytest.mark.parametrize("key, message", [("bleu4", "BLEU needs"), ("rougeL", "ROUGE-L needs"),
+                                          ("cider", "CIDEr-D needs")])
+def test_every_module_refuses_an_empty_corpus(metrics, key, message):
+    with pytest.raises(ValueError, match=f"{message} at least one prediction"):
+        metrics[key].compute(predictions=[], references=[])

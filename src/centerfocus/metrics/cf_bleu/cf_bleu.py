@@ -85,6 +85,8 @@ class CfBleu(evaluate.Metric):
     def _compute(self, predictions, references, max_order=4):
         if not isinstance(max_order, int) or max_order < 1:
             raise ValueError(f"max_order must be a positive integer, got {max_order!r}.")
+        if len(predictions) == 0:
+            raise ValueError("BLEU needs at least one prediction.")
         matches = [0] * max_order
         totals = [0] * max_order
         hyp_length = ref_length = 0
