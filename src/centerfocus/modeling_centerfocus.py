@@ -176,6 +176,19 @@ def _upcast(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
 
 
+def cap_generated_length(generation_config, limit: int):
+    """transformers caps only its default length at `max_position_embeddings`; an explicit or pipeline default
+    `max_new_tokens` (the image-to-text pipeline asks for 256) would otherwise decode until the position table runs
+    out and fail there. Cap it with a warning instead (the PyTorch and ONNX Runtime models both call this)."""
+    if generation_config.max_length is not None and generation_config.max_length > limit:
+        logger.warning_once(f"Captions stop at {limit} tokens (`max_position_embeddings`); the requested length "
+                            f"({generation_config.max_length} with the start token) was capped.")
+        generation_config.max_length = limit
+    if generation_config.min_length is not None and generation_config.min_length > limit:
+        generation_config.min_length = limit
+    return generation_config
+
+
 def check_dynamic_cache(cache: Cache) -> None:
     """CenterFocus reads cached lengths and cross-attention keys/values as stored, which a pre-allocated (static) cache
     pads to its full length: refuse one rather than decode wrongly."""
@@ -1372,18 +1385,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
 
     # Private generation hooks: tests/integration/test_generation.py covers both.
     def _prepare_generated_length(self, generation_config, *args, **kwargs):
-        """transformers caps only its default length at `max_position_embeddings`; an explicit or pipeline default
-        `max_new_tokens` (the image-to-text pipeline asks for 256) would otherwise decode until the position table
-        runs out and fail there. Cap it with a warning instead."""
         generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
-        limit = self.config.max_position_embeddings
-        if generation_config.max_length is not None and generation_config.max_length > limit:
-            logger.warning_once(f"Captions stop at {limit} tokens (`max_position_embeddings`); the requested length "
-                                f"({generation_config.max_length} with the start token) was capped.")
-            generation_config.max_length = limit
-        if generation_config.min_length is not None and generation_config.min_length > limit:
-            generation_config.min_length = limit
-        return generation_config
+        return cap_generated_length(generation_config, self.config.max_position_embeddings)
 
     # Florence-2 in transformers 4.57 overrides this one too. It routes an optional prompt to the encoder only.
     def _prepare_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,

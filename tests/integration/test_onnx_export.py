@@ -348,3 +348,22 @@ def test_a_folder_without_an_encoder_graph_is_named(saved_folder, tmp_path, imag
             export.caption_main(["--onnx", str(folder), str(image)])
         with pytest.raises(ValueError, match=r"has no encoder_model\.onnx"):
             export.load_ort_model(str(folder))
+
+
+def test_onnx_runtime_stops_at_the_position_table_like_pytorch(tiny_model, exports, inputs):
+    limit = tiny_model.config.max_position_embeddings
+    ort_model = export.load_ort_model(str(exports["image"]))
+    forced = {"max_new_tokens": 2 * limit, "min_new_tokens": 2 * limit}
+    with torch.no_grad():
+        expected = tiny_model.generate(**inputs["image"], **forced)
+    assert expected.shape[1] == limit
+    assert torch.equal(ort_model.generate(**inputs["image"], **forced), expected)
+
+
+def test_an_export_without_a_kv_cache_loads_and_captions(saved_folder, tiny_model, inputs, tmp_path):
+    folder = export.export_onnx(str(saved_folder), str(tmp_path / "no_past"), task="image-to-text")
+    assert not list(folder.glob("*with_past*.onnx")) and not list(folder.glob("*merged*.onnx"))
+    ort_model = export.load_ort_model(str(folder))
+    with torch.no_grad():
+        expected = tiny_model.generate(**inputs["image"], use_cache=False)
+    assert torch.equal(ort_model.generate(**inputs["image"]), expected)

@@ -32,7 +32,7 @@ from optimum.utils import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..configuration_centerfocus import CenterFocusConfig
-from ..modeling_centerfocus import CenterFocusEncoderOutput
+from ..modeling_centerfocus import CenterFocusEncoderOutput, cap_generated_length
 
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,11 @@ class CenterFocusORTModelForVision2Seq(ORTModelForVision2Seq):
     PyTorch model). `generate()` and `pipeline("image-to-text")` use it unchanged."""
 
     _ort_encoder_class = CenterFocusORTEncoder
+
+    def _prepare_generated_length(self, generation_config, *args, **kwargs):
+        # the exported decoder has the same position table as the PyTorch one: stop at it the same way
+        generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
+        return cap_generated_length(generation_config, self.config.max_position_embeddings)
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, decoder_input_ids=None,
                 encoder_outputs=None, **kwargs):
@@ -350,6 +355,10 @@ def load_ort_model(onnx_dir: str, provider: str = "CPUExecutionProvider", provid
     """Load an exported folder for generation on an ONNX Runtime execution provider. For TensorRT, CUDA is added as
     the fallback provider, so `provider_options` (TensorRT options) apply to TensorRT only."""
     _check_onnx_folder(onnx_dir)
+    folder = Path(onnx_dir)
+    if folder.is_dir() and not any(folder.glob("*decoder*with_past*.onnx")) and not any(
+            folder.glob("*decoder*merged*.onnx")):
+        use_cache, use_merged = False, False  # an `--task image-to-text` export: decoder graphs without a KV cache
     kwargs = {"use_merged": use_merged, "use_cache": use_cache}
     if provider == "TensorrtExecutionProvider":
         kwargs.update(providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"],
