@@ -301,17 +301,27 @@ def test_overwrite_replaces_an_older_export(saved_folder, tiny_model, inputs, tm
 
 
 def test_a_failed_export_leaves_the_output_as_it_was(saved_folder, tmp_path, monkeypatch):
+    import optimum.exporters.onnx
+
+    real_export = optimum.exporters.onnx.main_export
+
+    def export_failing_half_way(model, output, **kwargs):  # Optimum fails after it wrote the config and a graph
+        real_export(model, output, **{**kwargs, "do_validation": False})
+        raise RuntimeError("exporter failed half-way")
+
+    monkeypatch.setattr(optimum.exporters.onnx, "main_export", export_failing_half_way)
     out = tmp_path / "onnx"
-    with pytest.raises(Exception, match="opset 5"):  # fails inside Optimum, after it wrote the config
-        export.export_onnx(str(saved_folder), str(out), opset=5)
+    with pytest.raises(RuntimeError, match="exporter failed half-way"):
+        export.export_onnx(str(saved_folder), str(out), merge=False, validate=False)
     assert not out.exists() and _hidden(tmp_path) == []
     (out / "int8").mkdir(parents=True)
     (out / "encoder_model.onnx").write_bytes(b"old")
     (out / "int8" / "encoder_model.onnx").write_bytes(b"old int8")
     before = _snapshot(out)
-    with pytest.raises(Exception, match="opset 5"):
-        export.export_onnx(str(saved_folder), str(out), opset=5, overwrite=True)
+    with pytest.raises(RuntimeError, match="exporter failed half-way"):
+        export.export_onnx(str(saved_folder), str(out), merge=False, validate=False, overwrite=True)
     assert _snapshot(out) == before and _hidden(tmp_path) == []
+    monkeypatch.setattr(optimum.exporters.onnx, "main_export", real_export)
 
     def broken_quantizer(*args):  # a failure after Optimum's export: the step order is export, quantize, optimise
         raise RuntimeError("quantizer failed")
@@ -367,3 +377,28 @@ def test_an_export_without_a_kv_cache_loads_and_captions(saved_folder, tiny_mode
     with torch.no_grad():
         expected = tiny_model.generate(**inputs["image"], use_cache=False)
     assert torch.equal(ort_model.generate(**inputs["image"]), expected)
+
+
+def test_prompt_encoder_takes_numpy_and_forward_takes_a_prompt_only_mask(tiny_model, exports, inputs):
+    ort_model = export.load_ort_model(str(exports["prompt"]))
+    batch = inputs["prompt"]  # padded prompts of different lengths
+    encoded = ort_model.encoder(**batch)
+    as_numpy = ort_model.encoder(**{k: v.numpy() for k, v in batch.items()})
+    np.testing.assert_allclose(as_numpy.last_hidden_state, encoded.last_hidden_state.numpy(), rtol=0, atol=0)
+    np.testing.assert_array_equal(as_numpy.attention_mask, encoded.attention_mask.numpy())
+    decoder_input_ids = torch.ones(batch["input_ids"].shape[0], 2, dtype=torch.long)
+    from transformers.modeling_outputs import BaseModelOutput
+
+    plain = BaseModelOutput(last_hidden_state=encoded.last_hidden_state)  # states only, as a user would pass them
+    with torch.no_grad():
+        expected = tiny_model(**batch, decoder_input_ids=decoder_input_ids).logits  # the PyTorch reference
+        got = ort_model(encoder_outputs=plain, attention_mask=batch["attention_mask"],
+                        decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting(saved_folder, tmp_path, no_export, opset):
+    with pytest.raises(ValueError, match=rf"--opset must be between 14 .* and 20 .*got {opset}"):
+        export.export_onnx(str(saved_folder), str(tmp_path / "onnx"), opset=opset)
+    assert not (tmp_path / "onnx").exists()

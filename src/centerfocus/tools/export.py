@@ -168,9 +168,11 @@ class CenterFocusORTEncoder(ORTEncoder):
                                                                          self._prepare_onnx_inputs(use_torch, inputs)))
         hidden = outputs["last_hidden_state"]
         full_mask = None
-        if uses_prompt:
-            image = torch.ones(hidden.shape[0], hidden.shape[1] - input_ids.shape[1], dtype=torch.long)
-            full_mask = torch.cat([image, attention_mask.to(torch.long).cpu()], dim=1).to(hidden.device)
+        if uses_prompt:  # numpy in, numpy out, as Optimum's encoders do
+            prompt_mask = torch.as_tensor(attention_mask).to(torch.long).cpu()
+            image = torch.ones(prompt_mask.shape[0], hidden.shape[1] - prompt_mask.shape[1], dtype=torch.long)
+            full_mask = torch.cat([image, prompt_mask], dim=1)
+            full_mask = full_mask.to(hidden.device) if use_torch else full_mask.numpy()
         return CenterFocusEncoderOutput(last_hidden_state=hidden, attention_mask=full_mask)
 
 
@@ -191,6 +193,13 @@ class CenterFocusORTModelForVision2Seq(ORTModelForVision2Seq):
             encoder_outputs = self.encoder(pixel_values=pixel_values, input_ids=input_ids,
                                            attention_mask=attention_mask)
             attention_mask = encoder_outputs.attention_mask
+        elif getattr(encoder_outputs, "attention_mask", None) is not None:
+            attention_mask = encoder_outputs.attention_mask  # the full [image ; prompt] mask, as the PyTorch model
+        elif attention_mask is not None and attention_mask.shape[1] != encoder_outputs[0].shape[1]:
+            # a prompt-only (B, L) mask with precomputed encoder states: the image tokens are never padded
+            image = torch.ones(attention_mask.shape[0], encoder_outputs[0].shape[1] - attention_mask.shape[1],
+                               dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = torch.cat([image, attention_mask], dim=1)
         return super().forward(pixel_values=pixel_values, attention_mask=attention_mask,
                                decoder_input_ids=decoder_input_ids, encoder_outputs=encoder_outputs, **kwargs)
 
@@ -294,6 +303,9 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
     staging.rename(target)
 
 
+MIN_OPSET, MAX_OPSET = 14, 20  # 13 fails on scaled_dot_product_attention; torch.onnx's TorchScript exporter stops at 20
+
+
 def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with-past", variant: str = "image",
                 opset: int = 17, optimize: Optional[str] = None, quantize: Optional[str] = None,
                 validate: bool = True, merge: bool = True, overwrite: bool = False) -> Path:
@@ -308,6 +320,9 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
 
     if task not in TASKS:
         raise ValueError(f"--task must be one of {TASKS}, got {task!r}.")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"--opset must be between {MIN_OPSET} (scaled_dot_product_attention) and {MAX_OPSET} (torch's "
+                         f"TorchScript exporter, which Optimum uses), got {opset!r}.")
     if quantize not in (None, "int8"):  # checked before the export, which is the slow part
         raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
     if optimize not in (None, *OPTIMIZATION_LEVELS):
