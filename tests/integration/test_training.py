@@ -423,3 +423,15 @@ def test_label_smoothing_trains_and_smooths_the_cross_entropy(caption_data, tmp_
     expected = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
                                label_smoothing=0.1)
     torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
+    (["--max_eval_samples", "-2"], "--max_eval_samples must be at least 1"),
+    (["--max_target_length", "0"], "--max_target_length must be at least 2"),
+])
+def test_sample_and_length_limits_are_checked_before_any_work(caption_data, tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        train.main(["--dataset", str(caption_data), "--output_dir", str(tmp_path / "out"), "--model_size", "tiny",
+                    *flags])
+    assert not (tmp_path / "out").exists()

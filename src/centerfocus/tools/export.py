@@ -1,8 +1,9 @@
 """Optimum ONNX export and ONNX Runtime inference for CenterFocus.
 
 Importing this module registers the `centerfocus` model type with Optimum's TasksManager for `image-to-text` and
-`image-to-text-with-past`, so `main_export`, `ORTModelForVision2Seq.from_pretrained(..., export=True)` and the
-`centerfocus-optimum-cli` entry point work. Two variants (`--variant`):
+`image-to-text-with-past`, so `main_export`, `ORTModelForVision2Seq.from_pretrained(..., export=True,
+trust_remote_code=True)` (Optimum infers the library from the folder's remote code) and the `centerfocus-optimum-cli`
+entry point work. Two variants (`--variant`):
 
 - `image` (default): the encoder takes `pixel_values` only; decoders take `input_ids` and `encoder_hidden_states`.
 - `prompt`: the encoder also takes the prompt (`input_ids`, `attention_mask`); decoders take `encoder_attention_mask`.

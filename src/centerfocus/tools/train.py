@@ -420,6 +420,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
     `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build."""
     check_output_dir(training_args)
+    for flag in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, flag) is not None and getattr(data_args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1 (leave it out to use every row), got {getattr(data_args, flag)}.")
+    if data_args.max_target_length < 2:
+        raise ValueError(f"--max_target_length must be at least 2 (a caption token and the end token), got "
+                         f"{data_args.max_target_length}.")
     if model_args.model_name_or_path is None and model_args.model_size not in MODEL_PRESETS:
         raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_args.model_size!r}.")
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
