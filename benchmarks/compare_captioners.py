@@ -12,6 +12,7 @@ latency for 32 new tokens with and without the KV cache at batch 1 and 8 (median
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -101,6 +102,34 @@ def build(name: str, width: int, layers: int, heads: int):
     raise ValueError(name)
 
 
+def random_batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random 224-px images and 32-token captions: what every training measurement here runs on."""
+    return torch.randn(batch, 3, 224, 224), torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
+
+
+def training_flops(model, loss_fn, pixels, labels) -> int:
+    """FLOPs of one forward + backward (torch.utils.flop_counter; call `count_cpu_flash_attention()` first)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(pixels, labels).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def adamw_step(model, loss_fn, pixels, labels):
+    """`step(loss=loss_fn)`: one training step on the batch with AdamW fused (the Trainer's default,
+    adamw_torch_fused); `loss` can be a compiled `loss_fn`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step(loss=loss_fn):
+        optimizer.zero_grad(set_to_none=True)
+        loss(pixels, labels).backward()
+        optimizer.step()
+
+    return step
+
+
 def generate_latency(model, name: str, batch: int, use_cache: bool, repeats: int) -> float:
     pixels = torch.randn(batch, 3, 224, 224)
     kwargs = {"max_new_tokens": CAPTION_TOKENS, "min_new_tokens": CAPTION_TOKENS, "use_cache": use_cache,
@@ -118,8 +147,6 @@ def generate_latency(model, name: str, batch: int, use_cache: bool, repeats: int
 
 
 def measure(name: str, args) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     if args.allocator == "keep":
         from centerfocus.tools.allocator import keep_freed_memory
 
@@ -128,21 +155,11 @@ def measure(name: str, args) -> dict:
     model, loss_fn = build(name, args.width, args.layers, args.heads)
     model.train()
     batch = args.batch_size
-    pixels = torch.randn(batch, 3, 224, 224)
-    labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(pixels, labels).backward()
-    flops_per_example = counter.get_total_flops() / batch
-    model.zero_grad(set_to_none=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the Trainer's default (adamw_torch_fused)
-    if args.compile:  # what the Trainer's --torch_compile does: the model's forward compiled, backward through AOTAutograd
-        loss_fn = torch.compile(loss_fn)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(pixels, labels).backward()
-        optimizer.step()
-
+    pixels, labels = random_batch(batch)
+    flops_per_example = training_flops(model, loss_fn, pixels, labels) / batch
+    # with --compile, what the Trainer's --torch_compile does: the forward compiled, backward through AOTAutograd
+    step = functools.partial(adamw_step(model, loss_fn, pixels, labels),
+                             torch.compile(loss_fn) if args.compile else loss_fn)
     start = time.perf_counter()
     step()
     first_step_seconds = time.perf_counter() - start  # includes the compilation with --compile

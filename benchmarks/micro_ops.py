@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import median_seconds, report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+from torch.utils import flop_counter
 
 
 WIDTH, HEADS, TOKENS, BATCH, VOCAB, INNER, DECODER_LAYERS = 768, 12, 196, 8, 30522, 3072, 6
@@ -128,41 +129,31 @@ def decoding_floor(repeats: int) -> dict:
 
 
 def compile_step(steps: int) -> dict:
-    from compare_captioners import CAPTION_TOKENS, build
+    from compare_captioners import adamw_step, build, random_batch
 
     from centerfocus.tools.allocator import keep_freed_memory
 
     keep_freed_memory()
-    model, _ = build("centerfocus", WIDTH, DECODER_LAYERS, HEADS)
+    model, loss_fn = build("centerfocus", WIDTH, DECODER_LAYERS, HEADS)
     model.train()
-    compiled = torch.compile(model)
-    pixels = torch.randn(BATCH, 3, 224, 224)
-    labels = torch.randint(1000, VOCAB, (BATCH, CAPTION_TOKENS))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def step(forward):
-        optimizer.zero_grad(set_to_none=True)
-        forward(pixel_values=pixels, labels=labels).loss.backward()
-        optimizer.step()
-
+    compiled = torch.compile(loss_fn)
+    step = adamw_step(model, loss_fn, *random_batch(BATCH))
     start = time.perf_counter()
     step(compiled)
     compile_seconds = time.perf_counter() - start
-    for forward in (compiled, model):
-        step(forward)
+    step(loss_fn)
     times = {"eager": [], "compiled": []}
     for _ in range(steps):
-        for name, forward in (("eager", model), ("compiled", compiled)):
+        for name, loss in (("eager", loss_fn), ("compiled", compiled)):
             start = time.perf_counter()
-            step(forward)
+            step(loss)
             times[name].append(time.perf_counter() - start)
     return {"first_compiled_step_s": round(compile_seconds, 1),
             **{f"{name}_step_s": round(statistics.median(values), 3) for name, values in times.items()}}
 
 
-MATMULS = {"aten.mm.default": lambda a, b: a.shape[0] * a.shape[1] * b.shape[1],
-           "aten.addmm.default": lambda bias, a, b: a.shape[0] * a.shape[1] * b.shape[1],
-           "aten.bmm.default": lambda a, b: a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]}
+MATMULS = {"aten.mm.default": flop_counter.mm_flop, "aten.addmm.default": flop_counter.addmm_flop,
+           "aten.bmm.default": flop_counter.bmm_flop}  # torch's own formulas, over the operands' shapes
 
 
 def op_family(name: str) -> str:
@@ -194,19 +185,14 @@ def step_breakdown(steps: int, models=("centerfocus", "vision_encoder_decoder"),
 def _breakdown_one(name: str, steps: int, width: int, layers: int, heads: int, batch: int) -> dict:
     from collections import defaultdict
 
-    from compare_captioners import CAPTION_TOKENS, build, matmul_peak_gflops
+    from compare_captioners import adamw_step, build, matmul_peak_gflops, random_batch, training_flops
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     model, loss_fn = build(name, width, layers, heads)
     model.train()
-    pixels = torch.randn(batch, 3, 224, 224)
-    labels = torch.randint(1000, VOCAB, (batch, CAPTION_TOKENS))
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(pixels, labels).backward()
-    step_flops = counter.get_total_flops()
-    model.zero_grad(set_to_none=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    pixels, labels = random_batch(batch)
+    step_flops = training_flops(model, loss_fn, pixels, labels)
+    step = adamw_step(model, loss_fn, pixels, labels)
     seconds, flops = defaultdict(float), defaultdict(int)
 
     class Timed(TorchDispatchMode):
@@ -216,13 +202,8 @@ def _breakdown_one(name: str, steps: int, width: int, layers: int, heads: int, b
             key = str(func)
             seconds[op_family(key)] += time.perf_counter() - start
             if key in MATMULS:
-                flops["matmul"] += 2 * MATMULS[key](*args[:3])
+                flops["matmul"] += MATMULS[key](*(a.shape for a in args[:3]))
             return out
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(pixels, labels).backward()
-        optimizer.step()
 
     step()
     step()

@@ -15,7 +15,6 @@ Every figure is the median of `--repeats` timed runs after one warm-up; ratios a
 """
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from centerfocus import (
     CenterFocusImageProcessor,
     CenterFocusProcessor,
 )
-from centerfocus.tools.export import export_onnx, load_ort_model
+from centerfocus.tools.export import OPTIMIZATION_LEVELS, export_onnx, load_ort_model
 
 
 BASE_VOCAB = 30522
@@ -65,8 +64,9 @@ def load_images(data: Path | None, count: int, size: int) -> tuple[list, list | 
         metadata = data / "test" / "metadata.jsonl"
         references = None
         if metadata.is_file():
-            rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
-            captions = {row["file_name"]: row["text"] for row in rows}
+            from centerfocus.tools.caption_data import _read_metadata  # what `centerfocus train` checks data with
+
+            captions = {row["file_name"]: row["text"] for _, row in _read_metadata(metadata)}
             references = [captions[p.name] for p in paths] if all(p.name in captions for p in paths) else None
         return [Image.open(p).convert("RGB") for p in paths], references
     import numpy as np
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per caption (forced).")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--agreement_images", type=int, default=200)
-    parser.add_argument("--optimize", choices=["O1", "O2", "O3"], help="Also time a graph-optimised fp32 copy.")
+    parser.add_argument("--optimize", choices=list(OPTIMIZATION_LEVELS), help="Also time a graph-optimised fp32 copy.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cf-bench-"))

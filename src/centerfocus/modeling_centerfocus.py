@@ -1010,7 +1010,7 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: int) -> Optional[torch.Tensor]:
+def encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: int) -> Optional[torch.Tensor]:
     """The `(B, S)` mask the decoder cross-attends with. Prefers the mask the encoder returned; otherwise (plain
     `BaseModelOutput` or tuple, as in ONNX export) accepts a full `(B, S)` mask or a prompt mask `(B, L)`."""
     mask = getattr(encoder_outputs, "attention_mask", None)
@@ -1084,7 +1084,7 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
                                            output_attentions, output_hidden_states, return_dict=True)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
-        encoder_mask = _encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
+        encoder_mask = encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("Pass `decoder_input_ids` or `labels` (the decoder inputs are derived from labels).")
         decoder_rows = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[0]
@@ -1308,7 +1308,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return logits.argmax(-1).clamp(min=1)
 
     def _length_loss(self, outputs, labels: torch.Tensor, attention_mask) -> torch.Tensor:
-        encoder_mask = _encoder_attention_mask((outputs.encoder_last_hidden_state,), attention_mask,
+        encoder_mask = encoder_attention_mask((outputs.encoder_last_hidden_state,), attention_mask,
                                                self.config.num_image_tokens)
         logits = self._length_logits(outputs.encoder_last_hidden_state, encoder_mask)
         lengths = (labels != -100).sum(1).clamp(max=self.config.nar_max_length)

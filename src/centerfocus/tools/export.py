@@ -33,7 +33,7 @@ from optimum.utils import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..configuration_centerfocus import CenterFocusConfig
-from ..modeling_centerfocus import CenterFocusEncoderOutput, cap_generated_length
+from ..modeling_centerfocus import CenterFocusEncoderOutput, cap_generated_length, encoder_attention_mask
 
 
 logger = logging.getLogger(__name__)
@@ -194,13 +194,8 @@ class CenterFocusORTModelForVision2Seq(ORTModelForVision2Seq):
             encoder_outputs = self.encoder(pixel_values=pixel_values, input_ids=input_ids,
                                            attention_mask=attention_mask)
             attention_mask = encoder_outputs.attention_mask
-        elif getattr(encoder_outputs, "attention_mask", None) is not None:
-            attention_mask = encoder_outputs.attention_mask  # the full [image ; prompt] mask, as the PyTorch model
-        elif attention_mask is not None and attention_mask.shape[1] != encoder_outputs[0].shape[1]:
-            # a prompt-only (B, L) mask with precomputed encoder states: the image tokens are never padded
-            image = torch.ones(attention_mask.shape[0], encoder_outputs[0].shape[1] - attention_mask.shape[1],
-                               dtype=attention_mask.dtype, device=attention_mask.device)
-            attention_mask = torch.cat([image, attention_mask], dim=1)
+        else:  # precomputed encoder states: the same mask rules as the PyTorch model (a prompt-only mask is widened)
+            attention_mask = encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
         return super().forward(pixel_values=pixel_values, attention_mask=attention_mask,
                                decoder_input_ids=decoder_input_ids, encoder_outputs=encoder_outputs, **kwargs)
 
@@ -591,7 +586,7 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
             raise SystemExit(f"Cannot read image {path}: {error}") from None
     index = None
     if args.index:
-        from .retrieval import CaptionIndex
+        from .retrieval import CaptionIndex, retrieval_prompts
 
         index = CaptionIndex.load(args.index)
     kwargs = {"num_beams": args.num_beams}
@@ -603,8 +598,6 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         images = [Image.open(path) for path in paths]
         prompts = [args.prompt] * len(images) if args.prompt else None
         if index is not None:
-            from .retrieval import retrieval_prompts
-
             prompts = retrieval_prompts(index, images, args.k)
         inputs = processor(images=images, text=prompts)
         for image in images:

@@ -19,7 +19,7 @@ from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForImageClassification
 from .allocator import keep_freed_memory
 from .caption_data import load_image_dataset
-from .train import MODEL_PRESETS, _parse_overrides, check_output_dir, with_default_flags
+from .train import MODEL_PRESETS, _parse_overrides, check_output_dir, preset, with_default_flags
 
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
     """Train and save the stage-1 classifier; returns the metrics. With `evaluate_when_possible` (the command's
     default), evaluation each epoch is switched off when the data has no validation or test split."""
     check_output_dir(training_args)
-    if args.model_size not in MODEL_PRESETS:
-        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {args.model_size!r}.")
+    kwargs = preset(args.model_size)
     set_seed(training_args.seed)
     data = load_image_dataset(args.dataset)
     if "train" not in data:
@@ -70,7 +69,6 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
             raise ValueError(f"The stage-1 data set has no column {column!r}; columns: {train.column_names}. Use "
                              "class sub-folders (imagefolder) or --label_column.")
     names = train.features[args.label_column].names
-    kwargs = dict(MODEL_PRESETS[args.model_size])
     if args.image_size:
         kwargs["image_size"] = args.image_size
     kwargs.update(_parse_overrides(args.config_overrides))

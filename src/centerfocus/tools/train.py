@@ -49,6 +49,13 @@ MODEL_PRESETS = {
 }
 
 
+def preset(model_size: str) -> dict:
+    """A copy of the config fields of `--model_size`; ValueError naming the choices for an unknown one."""
+    if model_size not in MODEL_PRESETS:
+        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_size!r}.")
+    return dict(MODEL_PRESETS[model_size])
+
+
 @dataclass
 class ModelArguments:
     """What to train: a saved CenterFocus model or a new one from a preset, its tokenizer and initialisation."""
@@ -167,9 +174,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
         if len(tokenizer) > model.config.vocab_size:
             model.resize_token_embeddings(len(tokenizer))
         return model
-    if model_args.model_size not in MODEL_PRESETS:
-        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_args.model_size!r}.")
-    kwargs = dict(MODEL_PRESETS[model_args.model_size])
+    kwargs = preset(model_args.model_size)
     if model_args.vision_init:
         kwargs.update(_vision_config_fields(model_args.vision_init))
     if model_args.text_init:
@@ -421,13 +426,14 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build."""
     check_output_dir(training_args)
     for flag in ("max_train_samples", "max_eval_samples"):
-        if getattr(data_args, flag) is not None and getattr(data_args, flag) < 1:
-            raise ValueError(f"--{flag} must be at least 1 (leave it out to use every row), got {getattr(data_args, flag)}.")
+        value = getattr(data_args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be at least 1 (leave it out to use every row), got {value}.")
     if data_args.max_target_length < 2:
         raise ValueError(f"--max_target_length must be at least 2 (a caption token and the end token), got "
                          f"{data_args.max_target_length}.")
-    if model_args.model_name_or_path is None and model_args.model_size not in MODEL_PRESETS:
-        raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_args.model_size!r}.")
+    if model_args.model_name_or_path is None:
+        preset(model_args.model_size)  # a bad --model_size is refused before the data set is loaded
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
     metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
     datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
