@@ -34,20 +34,24 @@ def register_auto_classes() -> None:
         AutoProcessor,
     )
 
+    import transformers
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # AutoModelForVision2Seq is deprecated but still used by 4.57's pipeline
-        from transformers import AutoModelForVision2Seq
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in 4.57, whose pipeline still resolves it
+        vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)  # removed in transformers 5
 
     AutoConfig.register(CenterFocusConfig.model_type, CenterFocusConfig, exist_ok=True)
     AutoModel.register(CenterFocusConfig, CenterFocusModel, exist_ok=True)
-    AutoModelForVision2Seq.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
+    if vision2seq is not None:
+        vision2seq.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageClassification.register(CenterFocusConfig, CenterFocusForImageClassification, exist_ok=True)
     AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, exist_ok=True)
     AutoProcessor.register(CenterFocusConfig, CenterFocusProcessor, exist_ok=True)
 
     CenterFocusConfig.register_for_auto_class()
-    CenterFocusForConditionalGeneration.register_for_auto_class("AutoModelForVision2Seq")
+    # the config's auto_map names both model Auto classes (see modeling_centerfocus._AUTO_MAP)
+    CenterFocusForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     CenterFocusImageProcessor.register_for_auto_class("AutoImageProcessor")
     CenterFocusProcessor.register_for_auto_class("AutoProcessor")
     CenterFocusForImageClassification.register_for_auto_class("AutoModelForImageClassification")

@@ -40,6 +40,18 @@ from .configuration_centerfocus import CenterFocusConfig
 
 logger = logging.get_logger(__name__)
 
+# ---- transformers 4.57 / 5.x: the differences this file follows ----
+# transformers 5 renamed the KV cache from `past_key_values` to `cache`, as a forward argument (what generate()
+# passes) and as an output field. The forwards below take `cache` and still accept `past_key_values` (what 4.57's
+# generate() and Optimum's exporter pass); outputs are built with the field name of the installed line.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the KV cache as `cache` or as `past_key_values`, not both.")
+    return cache if cache is not None else past_key_values
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Output types
@@ -874,7 +886,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._validate_inputs(pixel_values, input_ids, inputs_embeds, attention_mask)
 
         # 1. image (+ prompt) -> tokens and the full padding mask over [image ; prompt]
@@ -1031,7 +1043,8 @@ def encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: in
 class CenterFocusModel(CenterFocusPreTrainedModel):
     """The bare CenterFocus encoder-decoder returning decoder hidden states (no language-model head)."""
 
-    _tied_weights_keys = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    # {tied parameter: its source}, transformers 5's form; 4.57 reads the keys (the parameters not to save twice)
+    _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
 
     def __init__(self, config: CenterFocusConfig):
         config._validate()  # configs are often edited after creation
@@ -1068,17 +1081,19 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
         decoder_input_ids: Optional[torch.LongTensor] = None,
         decoder_attention_mask: Optional[torch.LongTensor] = None,
         encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
-        past_key_values: Optional[EncoderDecoderCache] = None,
+        cache: Optional[EncoderDecoderCache] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
         decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
         use_cache: Optional[bool] = None,
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
     ) -> Union[tuple, Seq2SeqModelOutput]:
         """Encode `pixel_values` (+ prompt) unless `encoder_outputs` is given, then decode `decoder_input_ids`.
         Arguments as in [`CenterFocusForConditionalGeneration.forward`]."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = _one_cache(cache, past_key_values)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(pixel_values, input_ids, attention_mask, inputs_embeds,
                                            output_attentions, output_hidden_states, return_dict=True)
@@ -1092,12 +1107,12 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
         if decoder_rows != images:
             raise ValueError(f"Batch size mismatch: {images} images but {decoder_rows} rows of `decoder_input_ids` "
                              "(or `labels`).")
-        hidden, cache, dec_hidden, dec_self, dec_cross = self.decoder(
+        hidden, new_cache, dec_hidden, dec_self, dec_cross = self.decoder(
             decoder_input_ids, decoder_attention_mask, encoder_outputs.last_hidden_state, encoder_mask,
-            past_key_values, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
+            cache, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
         output = Seq2SeqModelOutput(
             last_hidden_state=hidden,
-            past_key_values=cache,
+            **{CACHE_FIELD: new_cache},
             decoder_hidden_states=dec_hidden,
             decoder_attentions=dec_self,
             cross_attentions=dec_cross,
@@ -1125,7 +1140,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
     ```
     """
 
-    _tied_weights_keys = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"]
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}  # the embeddings are tied in CenterFocusModel
     accepts_loss_kwargs = False
 
     def __init__(self, config: CenterFocusConfig):
@@ -1178,7 +1193,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         decoder_input_ids: Optional[torch.LongTensor] = None,
         decoder_attention_mask: Optional[torch.LongTensor] = None,
         encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
-        past_key_values: Optional[EncoderDecoderCache] = None,
+        cache: Optional[EncoderDecoderCache] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
         decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
         labels: Optional[torch.LongTensor] = None,
@@ -1188,6 +1203,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return_dict: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
         token_type_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None,
     ) -> Union[tuple, CenterFocusSeq2SeqLMOutput]:
         r"""
         Args:
@@ -1201,12 +1217,13 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
                 Decoder inputs; derived from `labels` by shifting right when not given.
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
                 Caption token ids. Positions set to `-100` are ignored by the loss.
-            encoder_outputs, past_key_values, use_cache, output_attentions, output_hidden_states, return_dict:
+            encoder_outputs, cache, use_cache, output_attentions, output_hidden_states, return_dict:
                 As in transformers' encoder-decoder models.
+            past_key_values: the cache under its transformers 4.x name (as `cache`; give one of the two).
             cache_position: accepted for `generate()`; positions are derived from the cache.
             token_type_ids: accepted so BERT-style tokenizer outputs can be passed as is; ignored.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         nar_targets = None
         if labels is not None:
             use_cache = False
@@ -1216,7 +1233,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
 
         outputs = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                             encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds, use_cache,
+                             encoder_outputs, _one_cache(cache, past_key_values), inputs_embeds, decoder_inputs_embeds,
+                             use_cache,
                              output_attentions, output_hidden_states, return_dict=True)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
 
@@ -1229,7 +1247,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         output = CenterFocusSeq2SeqLMOutput(
             loss=losses.get("loss"),
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
@@ -1446,7 +1464,7 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Images.
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         validate_pixel_values(self.config, pixel_values)
         tokens = self.image_tokenizer(self.vision_stem(pixel_values.to(self.classifier.weight.dtype)))  # (B, N, D)
         logits = self.classifier(self.layer_norm(tokens.mean(dim=1)))  # (B, num_labels)

@@ -528,7 +528,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataAr
         "--output_dir": "centerfocus-output", "--report_to": "tensorboard", "--predict_with_generate": "true",
         "--remove_unused_columns": "false", "--do_train": "true", "--do_eval": "true", "--eval_strategy": "epoch",
         "--save_strategy": "epoch", "--save_total_limit": "2", "--logging_steps": "10",
-        "--dataloader_num_workers": "0", "--save_safetensors": "true"})
+        "--dataloader_num_workers": "0"})
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
