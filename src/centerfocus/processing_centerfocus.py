@@ -4,12 +4,19 @@ import json
 import os
 from typing import Optional, Union
 
+import transformers
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 
 logger = logging.get_logger(__name__)
+
+# ---- transformers 4.57 / 5.x: the differences this file follows ----
+# 4.57 finds each part's class through `<part>_class` attributes; 5.x through the Auto mappings (and warns about an
+# `image_processor_class`). 5.x records a tokenizers-backed tokenizer as "TokenizersBackend", a class 4.57 lacks;
+# "PreTrainedTokenizerFast" is the name both lines load.
+_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
 # A tokenizer's `model_max_length` at or above this is transformers' "no limit" placeholder (VERY_LARGE_INTEGER).
 _NO_LENGTH_LIMIT = 1_000_000
@@ -42,6 +49,18 @@ def _check_length(value: Optional[int], name: str) -> None:
         raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
 
 
+def _read_json(folder: str, name: str) -> dict:
+    """A JSON file of the folder as a dict; {} when it is absent."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise OSError(f"{path!r} is not a valid JSON file ({error}); the file is truncated or corrupted.") from None
+
+
 def _check_processor_folder(folder: str) -> None:
     """Before loading a local processor folder: raise FileNotFoundError / OSError naming the missing or unreadable
     file, where transformers would fail with an unrelated KeyError or AttributeError."""
@@ -60,9 +79,21 @@ def _check_processor_folder(folder: str) -> None:
     if not files & set(_TOKENIZER_VOCAB_FILES):
         raise FileNotFoundError(f"{folder!r} has no tokenizer vocabulary file (one of {list(_TOKENIZER_VOCAB_FILES)}; "
                                 "a CenterFocus tokenizer is saved as tokenizer.json).")
-    if "preprocessor_config.json" not in files:
-        raise FileNotFoundError(f"{folder!r} has no preprocessor_config.json: the image processor settings (image "
-                                "size, normalisation) were not saved there.")
+    if "preprocessor_config.json" not in files and "image_processor" not in _read_json(folder, "processor_config.json"):
+        raise FileNotFoundError(f"{folder!r} has no preprocessor_config.json (nor image-processor settings in "
+                                "processor_config.json): the image size and normalisation were not saved there.")
+
+
+def portable_tokenizer_config(folder: str) -> None:
+    """Name a tokenizers-backed tokenizer in `folder/tokenizer_config.json` as "PreTrainedTokenizerFast", which
+    transformers 4.57 and 5.x both load (5.x writes "TokenizersBackend", unknown to 4.57)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    config = _read_json(folder, "tokenizer_config.json")
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True, ensure_ascii=False)
+            handle.write("\n")
 
 
 class CenterFocusProcessor(ProcessorMixin):
@@ -79,7 +110,8 @@ class CenterFocusProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
+    if _TRANSFORMERS_4:
+        image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
@@ -101,6 +133,16 @@ class CenterFocusProcessor(ProcessorMixin):
         except Exception as error:  # e.g. the tokenizers library's bare Exception for a malformed tokenizer.json
             raise OSError(f"Cannot load a CenterFocusProcessor from {source!r} ({type(error).__name__}: {error}).") \
                 from None
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`. transformers 5 writes the image-processor settings inside
+        `processor_config.json`; they are also written as `preprocessor_config.json` (the 4.x layout), which
+        transformers 4.57, its image-to-text pipeline and `AutoImageProcessor` read, so the folder loads on both lines."""
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
+            files = [*files, *self.image_processor.save_pretrained(save_directory)]
+        portable_tokenizer_config(save_directory)
+        return files
 
     def __call__(
         self,
