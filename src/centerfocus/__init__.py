@@ -25,6 +25,7 @@ def register_auto_classes() -> None:
     ``trust_remote_code=True`` where this package is not installed)."""
     import warnings
 
+    import transformers
     from transformers import (
         AutoConfig,
         AutoImageProcessor,
@@ -33,8 +34,6 @@ def register_auto_classes() -> None:
         AutoModelForImageTextToText,
         AutoProcessor,
     )
-
-    import transformers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecated in 4.57, whose pipeline still resolves it

@@ -16,6 +16,50 @@ COMMANDS = {
     "index": ("centerfocus.tools.retrieval", "Build a caption index for retrieval-augmented captioning."),
 }
 ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
+# Commands that need Optimum's ONNX stack. optimum-onnx 0.1.0 (its latest release) requires transformers<4.58, so on
+# the transformers 5 line they run in a separate environment on that stack: `bash scripts/setup.sh export` builds it
+# as .venv-export beside the checkout; CENTERFOCUS_EXPORT_PYTHON names another one's python.
+OPTIMUM_COMMANDS = ("export", "caption")
+EXPORT_PYTHON_VARIABLE = "CENTERFOCUS_EXPORT_PYTHON"
+
+
+def export_python() -> Optional[str]:
+    """The python of the environment on Optimum's stack: $CENTERFOCUS_EXPORT_PYTHON, else the checkout's
+    .venv-export (an editable install), else None."""
+    from pathlib import Path
+
+    named = os.environ.get(EXPORT_PYTHON_VARIABLE)
+    if named:
+        return named
+    candidate = Path(__file__).resolve().parents[3] / ".venv-export" / "bin" / "python"
+    return str(candidate) if candidate.is_file() else None
+
+
+def _has_optimum_onnx() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("optimum.onnxruntime") is not None
+    except ModuleNotFoundError:  # no `optimum` at all
+        return False
+
+
+def _run_in_export_environment(command: str, rest: list[str]) -> int:
+    """Run `centerfocus <command>` in the Optimum-stack environment, or say how to build one."""
+    import subprocess
+
+    import transformers
+
+    python = export_python()
+    if python is None or not os.path.isfile(python):
+        where = f"{EXPORT_PYTHON_VARIABLE}={python!r} does not exist; " if python else ""
+        print(f"centerfocus {command}: error: {where}this environment has no Optimum ONNX exporter (transformers "
+              f"{transformers.__version__}; optimum-onnx 0.1.0 requires transformers<4.58). Run `bash scripts/setup.sh "
+              f"export` to build .venv-export on that stack (or set {EXPORT_PYTHON_VARIABLE} to the python of one); "
+              f"`centerfocus {command}` then runs there.", file=sys.stderr)
+        return 1
+    print(f"centerfocus {command}: running in the Optimum environment {python}", file=sys.stderr)
+    return subprocess.call([python, "-m", "centerfocus.tools.cli", command, *rest])
 
 
 def _usage() -> str:
@@ -33,6 +77,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"centerfocus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if command in OPTIMUM_COMMANDS and not _has_optimum_onnx():
+        return _run_in_export_environment(command, rest)
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
