@@ -19,7 +19,14 @@ from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForImageClassification
 from .allocator import keep_freed_memory
 from .caption_data import load_image_dataset
-from .train import MODEL_PRESETS, _parse_overrides, check_output_dir, preset, with_default_flags
+from .train import (
+    MODEL_PRESETS,
+    CenterFocusTrainingArguments,
+    _parse_overrides,
+    check_output_dir,
+    preset,
+    with_default_flags,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -104,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 "--logging_steps": "10"}
     full = with_default_flags(argv, defaults)
     evaluation_defaulted = "--eval_strategy" in full[len(argv):]
-    args, training_args = HfArgumentParser((PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(full)
+    args, training_args = HfArgumentParser((PretrainArguments, CenterFocusTrainingArguments)).parse_args_into_dataclasses(full)
     if args.keep_freed_memory:
         keep_freed_memory()  # see centerfocus.tools.allocator; CENTERFOCUS_KEEP_FREED_MEMORY=0 turns it off
     return run_pretraining(args, training_args, evaluate_when_possible=evaluation_defaulted)

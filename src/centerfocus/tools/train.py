@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
@@ -54,6 +55,24 @@ def preset(model_size: str) -> dict:
     if model_size not in MODEL_PRESETS:
         raise ValueError(f"--model_size must be one of {sorted(MODEL_PRESETS)}, got {model_size!r}.")
     return dict(MODEL_PRESETS[model_size])
+
+
+_OVERWRITE_HELP = ("Train into a non-empty --output_dir (its model files are replaced). transformers 5 dropped this "
+                   "TrainingArguments flag; the example-script convention it served is kept here on both lines.")
+
+
+@dataclass
+class CenterFocusSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with `--overwrite_output_dir` (on transformers 4.57 and 5.x alike)."""
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": _OVERWRITE_HELP})
+
+
+@dataclass
+class CenterFocusTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with `--overwrite_output_dir` (on transformers 4.57 and 5.x alike)."""
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": _OVERWRITE_HELP})
 
 
 @dataclass
@@ -529,7 +548,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataAr
         "--remove_unused_columns": "false", "--do_train": "true", "--do_eval": "true", "--eval_strategy": "epoch",
         "--save_strategy": "epoch", "--save_total_limit": "2", "--logging_steps": "10",
         "--dataloader_num_workers": "0"})
-    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, CenterFocusSeq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
