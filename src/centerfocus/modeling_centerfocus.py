@@ -1233,9 +1233,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
 
         outputs = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                             encoder_outputs, _one_cache(cache, past_key_values), inputs_embeds, decoder_inputs_embeds,
-                             use_cache,
-                             output_attentions, output_hidden_states, return_dict=True)
+                             encoder_outputs, cache, inputs_embeds, decoder_inputs_embeds, use_cache,
+                             output_attentions, output_hidden_states, return_dict=True, past_key_values=past_key_values)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
 
         losses = {}

@@ -69,13 +69,7 @@ def _check_processor_folder(folder: str) -> None:
         raise FileNotFoundError(f"{folder!r} has no tokenizer_config.json: the tokenizer was not saved there (save the "
                                 "processor with `processor.save_pretrained(folder)`).")
     for name in ("tokenizer_config.json", "tokenizer.json"):
-        if name in files:
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                    json.load(handle)
-            except (ValueError, UnicodeDecodeError) as error:
-                raise OSError(f"{os.path.join(folder, name)!r} is not a valid JSON file ({error}); the file is "
-                              "truncated or corrupted.") from None
+        _read_json(folder, name)  # OSError naming a truncated or corrupted file
     if not files & set(_TOKENIZER_VOCAB_FILES):
         raise FileNotFoundError(f"{folder!r} has no tokenizer vocabulary file (one of {list(_TOKENIZER_VOCAB_FILES)}; "
                                 "a CenterFocus tokenizer is saved as tokenizer.json).")

@@ -43,3 +43,14 @@ def test_centerfocus_debug_shows_the_exception(tmp_path, monkeypatch):
     (taken / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="already exists and is not empty"):
         main(["train", "--dataset", str(tmp_path), "--output_dir", str(taken)])
+
+
+def test_an_optimum_command_without_optimum_names_the_export_environment(monkeypatch, capsys, tmp_path):
+    from centerfocus.tools import cli
+
+    missing = tmp_path / "no-such-python"
+    monkeypatch.setattr(cli, "_has_optimum_onnx", lambda: False)
+    monkeypatch.setenv(cli.EXPORT_PYTHON_VARIABLE, str(missing))
+    assert cli.main(["export", "--help"]) == 1
+    message = capsys.readouterr().err
+    assert str(missing) in message and "scripts/setup.sh export" in message
