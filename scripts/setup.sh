@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the environments CenterFocus uses (idempotent). torch is installed first as the CPU build so that no
 # multi-GB CUDA wheel is pulled in.
-#   bash scripts/setup.sh          .venv: for now the 4.57 line with every extra (see below)
+#   bash scripts/setup.sh          .venv: the current stack (transformers 5.x) with the train and dev extras
 #   bash scripts/setup.sh export   .venv-export: Optimum's ONNX stack (optimum-onnx 0.1.0 requires transformers<4.58),
 #                                  which `centerfocus export` / `centerfocus caption` in .venv run in
 set -euo pipefail
@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TARGET=${1:-main}
 case "$TARGET" in
-  # main stays on the 4.57 line (with the export extra) until the whole suite passes on transformers 5 (issue 13)
-  main) VENV=.venv; EXTRAS="train,export,dev"; PINS=("transformers>=4.57,<4.58" "huggingface_hub<1.0") ;;
+  main) VENV=.venv; EXTRAS="train,dev"; PINS=() ;;
   export) VENV=.venv-export; EXTRAS="train,export,dev"; PINS=("transformers>=4.57,<4.58" "huggingface_hub<1.0") ;;
   *) echo "usage: bash scripts/setup.sh [export]" >&2; exit 2 ;;
 esac
@@ -21,4 +20,4 @@ fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" || "$VENV/bin/python" -m pip install --quiet "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]" "${PINS[@]}"
+"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]" ${PINS[@]+"${PINS[@]}"}

@@ -47,6 +47,13 @@ def register_auto_classes() -> None:
     AutoModelForImageClassification.register(CenterFocusConfig, CenterFocusForImageClassification, exist_ok=True)
     AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, exist_ok=True)
     AutoProcessor.register(CenterFocusConfig, CenterFocusProcessor, exist_ok=True)
+    if vision2seq is None:
+        # transformers 5's pipelines also look for a video processor, and guess one from the image processor's
+        # auto_map ("CenterFocusVideoProcessor"), which asks "Do you wish to run the custom code?" at a terminal:
+        # CenterFocus has none, registered as an empty mapping (the pipeline then goes on without one)
+        from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # real without torchvision
+
+        AutoVideoProcessor.register(CenterFocusConfig, video_processor_classes={}, exist_ok=True)
 
     CenterFocusConfig.register_for_auto_class()
     # the config's auto_map names both model Auto classes (see modeling_centerfocus._AUTO_MAP)

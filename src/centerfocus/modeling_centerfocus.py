@@ -47,6 +47,15 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
+# transformers 5 builds a model on the meta device before loading a checkpoint: `_init_weights` must then initialise
+# what the checkpoint does not hold (non-persistent buffers), with its `initialization` functions, which leave loaded
+# tensors alone. 4.57 builds the model for real; torch's own init functions are what it calls.
+try:
+    from transformers import initialization as init
+except ImportError:  # transformers 4.57
+    from torch.nn import init
+
+
 def _one_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
     if cache is not None and past_key_values is not None:
         raise ValueError("Pass the KV cache as `cache` or as `past_key_values`, not both.")
@@ -153,6 +162,15 @@ def center_local_image_attention(coordinates: torch.Tensor, is_center: torch.Ten
     within Chebyshev distance `window` (coordinates `(N, 2)` in grid cells)."""
     distance = (coordinates[:, None, :] - coordinates[None, :, :]).abs().amax(dim=-1)  # (N, N)
     return is_center[:, None] | (distance <= window + 1e-6)
+
+
+def drop_empty_prompt(input_ids, attention_mask, inputs_embeds):
+    """A zero-length prompt (`(B, 0)`, what the processor returns for `text=""`) is no prompt: `(None, None, None)`,
+    so that it gives exactly the captions of the image alone."""
+    prompt = input_ids if input_ids is not None else inputs_embeds
+    if prompt is not None and prompt.shape[1] == 0:
+        return None, None, None
+    return input_ids, attention_mask, inputs_embeds
 
 
 def combine_masks(structure: Optional[torch.Tensor], key_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -498,7 +516,14 @@ class CenterFocusPositionEmbedding2D(nn.Module):
         if learned:
             self.weight = nn.Parameter(torch.zeros(grid_size * grid_size, dim))
         else:
-            self.register_buffer("weight", sincos_2d_table(grid_size, dim), persistent=False)
+            self.register_buffer("weight", self.derived_buffers(dim)["weight"], persistent=False)
+
+    def derived_buffers(self, dim: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """The fixed sin-cos table (none for a learned table); `_init_weights` recomputes it after loading."""
+        if isinstance(getattr(self, "weight", None), nn.Parameter):
+            return {}
+        with torch.device("cpu"):
+            return {"weight": sincos_2d_table(self.grid_size, dim or self.weight.shape[1])}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "weight"
@@ -550,20 +575,26 @@ class CenterFocusImageTokenizer(nn.Module):
     def __init__(self, config: CenterFocusConfig):
         super().__init__()
         channels = config.stem_channels[-1]
-        grid = config.image_tokenizer_grid_size
         self.channel_attention = CHANNEL_ATTENTION_CLASSES[config.channel_attention_type](config)
         # normalising the stem features keeps image content from vanishing next to the position embeddings
         self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.proj = nn.Linear(channels, config.hidden_size)
         self.position_embedding = POSITION_EMBEDDING_CLASSES[config.position_embedding_type](config)
-        pooling = IMAGE_TOKEN_POOLING[config.image_tokenizer_type](config)
         self.foveated = config.image_tokenizer_type == "foveated"
-        self.register_buffer("pooling", pooling, persistent=False)  # (N, G*G)
-        v, u = grid_coordinates(grid, grid)
+        self.config = config
+        for name, buffer in self.derived_buffers().items():
+            self.register_buffer(name, buffer, persistent=False)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The token geometry, computed from the config: `pooling` `(N, G*G)`, `token_coordinates` `(N, 2)`,
+        `token_is_center` `(N,)`. Not saved with the weights; `_init_weights` recomputes it after loading."""
+        config, grid = self.config, self.config.image_tokenizer_grid_size
+        with torch.device("cpu"):
+            pooling = IMAGE_TOKEN_POOLING[config.image_tokenizer_type](config)
+            v, u = grid_coordinates(grid, grid)
         coordinates = pooling @ torch.stack([v.reshape(-1), u.reshape(-1)], dim=1)  # (N, 2)
-        self.register_buffer("token_coordinates", coordinates, persistent=False)
         is_center = (coordinates.abs() <= config.center_region_size + 1e-6).all(dim=1)
-        self.register_buffer("token_is_center", is_center, persistent=False)
+        return {"pooling": pooling, "token_coordinates": coordinates, "token_is_center": is_center}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """`(B, c, G, G)` -> `(B, N, D)`."""
@@ -582,6 +613,7 @@ class CenterFocusModalityGate(nn.Module):
     def __init__(self, config: CenterFocusConfig):
         super().__init__()
         self.gate = nn.Linear(config.hidden_size, 1)
+        self.gate.zero_init = True  # _init_weights zeroes it (transformers 5 initialises each module's own tensors)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states * (2 * torch.sigmoid(self.gate(hidden_states)))
@@ -759,36 +791,40 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, CenterFocusModalityGate):
-            module.gate.weight.data.zero_()
-            module.gate.bias.data.zero_()
+        if isinstance(module, (CenterFocusImageTokenizer, CenterFocusPositionEmbedding2D, CenterFocusEncoder)):
+            # non-persistent buffers derived from the config (transformers 5 leaves them uninitialised after loading)
+            for name, value in module.derived_buffers().items():
+                getattr(module, name).copy_(value)
+        if isinstance(module, nn.Linear) and getattr(module, "zero_init", False):  # the modality gate
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # fan-in scaling keeps the stem's activations O(1) (ResNet/timm); a fixed small std would make the image
             # signal vanish under the position embeddings before training starts
-            nn.init.kaiming_normal_(module.weight.data, mode="fan_in", nonlinearity="relu")
+            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
-                module.bias.data.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            # children are initialised before their parents, so the modality gate above zeroes its own Linear after this
-            module.weight.data.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.data.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, CenterFocusCenterWeighting):
-            module.log_sigma.data.fill_(math.log(module.initial_sigma))
+            init.constant_(module.log_sigma, math.log(module.initial_sigma))
         elif isinstance(module, CenterFocusPositionEmbedding2D) and isinstance(module.weight, nn.Parameter):
-            module.weight.data.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, CenterFocusForConditionalGeneration):
             if module.logit_scale is not None:
-                module.logit_scale.data.fill_(math.log(1 / self.config.contrastive_temperature))
+                init.constant_(module.logit_scale, math.log(1 / self.config.contrastive_temperature))
             if getattr(module, "mask_embedding", None) is not None:
-                module.mask_embedding.data.normal_(mean=0.0, std=std)
+                init.normal_(module.mask_embedding, mean=0.0, std=std)
 
 
 class CenterFocusEncoder(CenterFocusPreTrainedModel):
@@ -805,20 +841,24 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         self.layers = nn.ModuleList(CenterFocusEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.modality_gate = MODALITY_GATE_CLASSES[config.modality_gate_type](config)
-        tokenizer = self.image_tokenizer
-        image_mask = ENCODER_IMAGE_ATTENTION_MASKS[config.encoder_attention_type](
-            tokenizer.token_coordinates * (config.image_tokenizer_grid_size / 2), tokenizer.token_is_center,
-            config.local_attention_window)
-        self.register_buffer("image_attention_mask", image_mask, persistent=False)
-        self.register_buffer("image_text_rows", self._image_text_rows(config), persistent=False)
+        for name, buffer in self.derived_buffers().items():
+            self.register_buffer(name, buffer, persistent=False)
         self.dense_attention = config.encoder_attention_type == "full" and config.cross_modal_attention_type == "full"
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _image_text_rows(self, config: CenterFocusConfig) -> torch.Tensor:
-        """`(N,)` bool: image queries allowed to see prompt tokens (peripheral ones are local-only)."""
-        is_center = self.image_tokenizer.token_is_center
-        return is_center.clone() if config.encoder_attention_type == "center_local" else torch.ones_like(is_center)
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The attention structure, computed from the config: `image_attention_mask` `(N, N)` bool and
+        `image_text_rows` `(N,)` bool, the image queries allowed to see prompt tokens (peripheral ones are local-only
+        under `center_local`). Not saved with the weights; `_init_weights` recomputes it after loading."""
+        config = self.config
+        geometry = self.image_tokenizer.derived_buffers()
+        coordinates, is_center = geometry["token_coordinates"], geometry["token_is_center"]
+        with torch.device("cpu"):
+            image_mask = ENCODER_IMAGE_ATTENTION_MASKS[config.encoder_attention_type](
+                coordinates * (config.image_tokenizer_grid_size / 2), is_center, config.local_attention_window)
+            rows = is_center.clone() if config.encoder_attention_type == "center_local" else torch.ones_like(is_center)
+        return {"image_attention_mask": image_mask, "image_text_rows": rows}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -887,6 +927,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_ids, attention_mask, inputs_embeds = drop_empty_prompt(input_ids, attention_mask, inputs_embeds)
         self._validate_inputs(pixel_values, input_ids, inputs_embeds, attention_mask)
 
         # 1. image (+ prompt) -> tokens and the full padding mask over [image ; prompt]
@@ -1028,7 +1069,7 @@ def encoder_attention_mask(encoder_outputs, attention_mask, num_image_tokens: in
     mask = getattr(encoder_outputs, "attention_mask", None)
     if mask is not None:
         return mask
-    if attention_mask is None:
+    if attention_mask is None or attention_mask.shape[1] == 0:  # no prompt, or an empty one (drop_empty_prompt)
         return None
     length = encoder_outputs[0].shape[1]
     if attention_mask.shape[1] == length:
@@ -1405,15 +1446,26 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         generation_config = super()._prepare_generated_length(generation_config, *args, **kwargs)
         return cap_generated_length(generation_config, self.config.max_position_embeddings)
 
-    # Florence-2 in transformers 4.57 overrides this one too. It routes an optional prompt to the encoder only.
+    # The hook that runs the encoder before decoding (Florence-2 overrides it too): transformers 4.57 calls it
+    # `_prepare_encoder_decoder_kwargs_for_generation`, 5.x `_prepare_text_encoder_decoder_kwargs_for_generation`.
+    # Each line calls only its own name; both route an optional prompt to the encoder only.
     def _prepare_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
                                                        generation_config):
+        return self._encode_prompt_for_generation(super()._prepare_encoder_decoder_kwargs_for_generation,
+                                                  inputs_tensor, model_kwargs, model_input_name, generation_config)
+
+    def _prepare_text_encoder_decoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
+                                                            generation_config):
+        return self._encode_prompt_for_generation(super()._prepare_text_encoder_decoder_kwargs_for_generation,
+                                                  inputs_tensor, model_kwargs, model_input_name, generation_config)
+
+    @staticmethod
+    def _encode_prompt_for_generation(encode, inputs_tensor, model_kwargs, model_input_name, generation_config):
         if model_kwargs.get("input_ids") is None and model_kwargs.get("inputs_embeds") is None:
             # generate() invents a (B, C) mask from pixel_values when no prompt is given: drop it
             model_kwargs.pop("attention_mask", None)
         model_kwargs.pop("token_type_ids", None)
-        model_kwargs = super()._prepare_encoder_decoder_kwargs_for_generation(
-            inputs_tensor, model_kwargs, model_input_name, generation_config)
+        model_kwargs = encode(inputs_tensor, model_kwargs, model_input_name, generation_config)
         # the prompt belongs to the encoder; generate() would otherwise use `input_ids` as the decoder prefix
         model_kwargs.pop("input_ids", None)
         model_kwargs.pop("inputs_embeds", None)

@@ -4,6 +4,7 @@ import json
 import os
 from typing import Optional, Union
 
+import numpy as np
 import transformers
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -184,16 +185,31 @@ class CenterFocusProcessor(ProcessorMixin):
         return limit if isinstance(limit, int) and 0 < limit < _NO_LENGTH_LIMIT else None
 
     def _encode_prompts(self, prompts: list[str], batch_size: Optional[int], padding, max_length) -> dict:
+        """Prompts -> `input_ids` / `attention_mask`. An empty prompt is no prompt: it gets no tokens (a row of
+        padding in a batch with other prompts; `(B, 0)` arrays when every prompt is empty, which the model reads as
+        no prompt). transformers 5's image-text-to-text pipeline, which "image-to-text" now names, needs some text:
+        `text=""` asks for a plain caption."""
         if batch_size is not None and len(prompts) != batch_size:
             raise ValueError(f"Got {batch_size} images but {len(prompts)} prompts; pass one prompt per image.")
-        encoded = self.tokenizer(prompts, padding=padding, truncation=max_length is not None, max_length=max_length,
+        given = [prompt for prompt in prompts if prompt]
+        if not given:
+            empty = np.zeros((len(prompts), 0), dtype=np.int64)
+            return {"input_ids": empty, "attention_mask": empty.copy()}
+        encoded = self.tokenizer(given, padding=padding, truncation=max_length is not None, max_length=max_length,
                                  return_token_type_ids=False, return_attention_mask=True)
         if max_length is not None:
             # verbose=False: the tokenizer's own "longer than the specified maximum" message would mislead here
-            untruncated = self.tokenizer(prompts, return_attention_mask=False, verbose=False)["input_ids"]
+            untruncated = self.tokenizer(given, return_attention_mask=False, verbose=False)["input_ids"]
             if any(len(ids) > max_length for ids in untruncated):
                 logger.warning(f"A prompt is longer than max_length={max_length} tokens and was truncated.")
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        rows = iter(zip(encoded["input_ids"], encoded["attention_mask"]))
+        width = max(len(ids) for ids in encoded["input_ids"]) if padding not in (False, "do_not_pad") else 0
+        input_ids, attention_mask = [], []
+        for prompt in prompts:
+            ids, mask = next(rows) if prompt else ([self.tokenizer.pad_token_id] * width, [0] * width)
+            input_ids.append(list(ids))
+            attention_mask.append(list(mask))
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def _encode_labels(self, captions: list[str], batch_size: Optional[int], max_target_length) -> list[list[int]]:
         if batch_size is not None and len(captions) != batch_size:

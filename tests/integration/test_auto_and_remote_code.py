@@ -22,11 +22,13 @@ from centerfocus import (
     CenterFocusProcessor,
 )
 
-from ..conftest import build_tiny_model
+from ..conftest import TRANSFORMERS_5, build_tiny_model
 from ..fresh_process import run_without_package
 
 
 def _vision2seq():
+    if TRANSFORMERS_5:
+        pytest.skip("transformers 5 removed AutoModelForVision2Seq (AutoModelForImageTextToText replaces it)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from transformers import AutoModelForVision2Seq
@@ -58,6 +60,22 @@ def test_round_trip_is_bit_exact(saved_folder, tiny_model):
     assert original.keys() == reloaded.keys()
     for name, tensor in original.items():
         assert torch.equal(tensor, reloaded[name]), name
+
+
+@pytest.mark.parametrize("overrides", [
+    {"image_tokenizer_type": "grid_pool", "position_embedding_type": "sincos_2d"},
+    {"image_tokenizer_type": "foveated", "encoder_attention_type": "center_local"},
+], ids=["grid_pool-sincos", "foveated-center_local"])
+def test_loading_recomputes_what_the_checkpoint_does_not_hold(tokenizer, tmp_path, overrides):
+    # non-persistent buffers (token geometry, attention structure, a fixed position table) are not saved; transformers
+    # 5 builds the model on the meta device and leaves them to _init_weights
+    model = build_tiny_model(tokenizer, **overrides)
+    assert torch.count_nonzero(model.model.encoder.modality_gate.gate.weight) == 0  # the gate starts at exactly 1
+    model.save_pretrained(tmp_path)
+    for dtype in (None, torch.bfloat16):
+        loaded = dict(CenterFocusForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype).named_buffers())
+        for name, buffer in model.named_buffers():
+            assert torch.equal(loaded[name].to(buffer.dtype), buffer), (name, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -116,10 +134,12 @@ def test_fresh_process_without_the_package_loads_with_trust_remote_code(saved_fo
         from PIL import Image
         from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
         warnings.simplefilter("ignore", FutureWarning)
-        from transformers import AutoModelForVision2Seq
+        import transformers
+        # AutoModelForVision2Seq: 4.57 only (transformers 5 removed it)
+        vision2seq = getattr(transformers, "AutoModelForVision2Seq", AutoModelForImageTextToText)
         folder = {str(saved_folder)!r}
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        model = AutoModelForVision2Seq.from_pretrained(folder, trust_remote_code=True).eval()
+        model = vision2seq.from_pretrained(folder, trust_remote_code=True).eval()
         itt = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
         base = AutoModel.from_pretrained(folder, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
