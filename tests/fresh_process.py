@@ -18,10 +18,11 @@ except ImportError:
 '''
 
 
-def run_without_package(code: str, timeout: int = 300, env: dict | None = None) -> dict:
-    """Run `code` (which must print one JSON object on its last stdout line) and return that object."""
+def run_without_package(code: str, timeout: int = 300, env: dict | None = None, python: str = sys.executable) -> dict:
+    """Run `code` (which must print one JSON object on its last stdout line) with `python` (default: this one) and
+    return that object."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
-    result = subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
+    result = subprocess.run([python, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
                             timeout=timeout, env=full_env, cwd="/")
     if result.returncode != 0:
         raise AssertionError(f"fresh process failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -10,7 +10,9 @@ Shape legend used in comments and docstrings:
     nh attention heads, hd head size, V vocabulary.
 """
 
+import logging as std_logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -752,6 +754,26 @@ _AUTO_MAP = {
 }
 
 
+class _LoadReport(std_logging.Handler):
+    """Keeps the load report transformers 5 logs from `from_pretrained` (ANSI colours removed)."""
+
+    def __init__(self):
+        super().__init__(std_logging.WARNING)
+        self.text = ""
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "LOAD REPORT" in message:
+            self.text = re.sub(r"\x1b\[[0-9;]*m", "", message)
+
+    def __enter__(self):
+        std_logging.getLogger("transformers").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        std_logging.getLogger("transformers").removeHandler(self)
+
+
 class CenterFocusPreTrainedModel(PreTrainedModel):
     config_class = CenterFocusConfig
     base_model_prefix = "model"
@@ -770,6 +792,21 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
     def __init__(self, config: CenterFocusConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
         self.config.auto_map = {**_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`. Where config.json does not match the weights, transformers 5 logs a
+        table and raises "You set `ignore_mismatched_sizes` to `False`..."; the error here carries that table (which
+        weights, which shapes), as 4.57's "size mismatch for ..." did."""
+        with _LoadReport() as report:
+            try:
+                return super().from_pretrained(*args, **kwargs)
+            except RuntimeError as error:
+                if "ignore_mismatched_sizes" not in str(error) or not report.text:
+                    raise
+                raise RuntimeError(f"size mismatch: the checkpoint's weights do not have the shapes its config.json "
+                                   f"gives (pass `ignore_mismatched_sizes=True` to re-initialise them):\n"
+                                   f"{report.text}") from None
 
     def enable_input_require_grads(self) -> None:
         """Make the inputs of the transformer layers require grad, so that adapters (LoRA) inside checkpointed layers

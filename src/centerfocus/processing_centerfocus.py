@@ -130,12 +130,18 @@ class CenterFocusProcessor(ProcessorMixin):
                 from None
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """`ProcessorMixin.save_pretrained`. transformers 5 writes the image-processor settings inside
-        `processor_config.json`; they are also written as `preprocessor_config.json` (the 4.x layout), which
-        transformers 4.57, its image-to-text pipeline and `AutoImageProcessor` read, so the folder loads on both lines."""
+        """`ProcessorMixin.save_pretrained`, writing the image-processor settings once, as `preprocessor_config.json`
+        (the layout both lines read; transformers 5 would nest them in `processor_config.json`, where 4.57 and its
+        image-to-text pipeline do not look, and a second copy could disagree with the first once edited)."""
         files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
             files = [*files, *self.image_processor.save_pretrained(save_directory)]
+        settings = _read_json(save_directory, "processor_config.json")
+        if "image_processor" in settings:
+            del settings["image_processor"]
+            with open(os.path.join(save_directory, "processor_config.json"), "w", encoding="utf-8") as handle:
+                json.dump(settings, handle, indent=2, sort_keys=True, ensure_ascii=False)
+                handle.write("\n")
         portable_tokenizer_config(save_directory)
         return files
 

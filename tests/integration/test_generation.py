@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ..conftest import build_tiny_model
+from ..conftest import build_tiny_model, pipeline_captions
 
 
 PROMPTS = ["describe the image", "what is in the centre", "a red", "describe"]
@@ -145,8 +145,8 @@ def test_pipeline_default_length_on_a_plainly_saved_model(tokenizer, tiny_proces
     model.generation_config = GenerationConfig.from_model_config(model.config)  # what save_pretrained of a new model has
     model.save_pretrained(tmp_path)
     tiny_processor.save_pretrained(tmp_path)
-    captioner = pipeline("image-to-text", model=str(tmp_path))  # asks generate() for 256 new tokens by default
-    caption = captioner(images[0])[0]["generated_text"]
+    captioner = pipeline("image-text-to-text", model=str(tmp_path))  # asks generate() for 256 new tokens by default
+    caption = pipeline_captions(captioner, images[0])[0]
     with torch.no_grad():
         expected = model.generate(**tiny_processor(images=images[:1]), max_length=model.config.max_position_embeddings)
     assert caption == tiny_processor.batch_decode(expected, skip_special_tokens=True)[0]

@@ -144,21 +144,24 @@ def test_dry_run_folder_loads_and_captions_without_the_package(dry_run, images, 
         from PIL import Image
         from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
         warnings.simplefilter("ignore", FutureWarning)
-        from transformers import AutoModelForVision2Seq
+        import transformers
+        # AutoModelForVision2Seq: 4.57 only (transformers 5 removed it)
+        vision2seq = getattr(transformers, "AutoModelForVision2Seq", AutoModelForImageTextToText)
         folder = {str(out)!r}
-        v2s = AutoModelForVision2Seq.from_pretrained(folder, trust_remote_code=True).eval()
+        v2s = vision2seq.from_pretrained(folder, trust_remote_code=True).eval()
         itt = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
         base = AutoModel.from_pretrained(folder, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
         images = [Image.open(p) for p in {paths!r}]
         inputs = processor(images=images)
-        captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
+        captioner = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
         print(json.dumps({{
             "modules": [type(x).__module__ for x in (v2s, itt, base, processor)],
             "classes": [type(x).__name__ for x in (v2s, itt, base, processor)],
             "v2s": processor.batch_decode(v2s.generate(**inputs), skip_special_tokens=True),
             "itt": processor.batch_decode(itt.generate(**inputs), skip_special_tokens=True),
-            "pipeline": [r[0]["generated_text"] for r in captioner({paths!r})],
+            "pipeline": [r["generated_text"] for r in captioner(images={paths!r}, text=[""] * len({paths!r}),
+                                                                 return_full_text=False)],
         }}))
     """)
     assert all(m.startswith("transformers_modules.") for m in result["modules"])

@@ -16,6 +16,8 @@ from centerfocus.tools import train
 from centerfocus.tools.data import generate_caption_dataset
 from centerfocus.tools.retrieval import SEPARATOR, CaptionIndex, retrieval_prompts
 
+from ..conftest import pipeline_captions
+
 
 ARGS = ["--model_size", "tiny", "--use_cpu", "true", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
         "--disable_tqdm", "true", "--report_to", "none", "--max_target_length", "40", "--tokenizer_vocab_size", "120",
@@ -80,9 +82,8 @@ def test_rag_trains_indexes_and_captions_through_cli_and_pipeline(long_caption_d
     assert result.returncode == 0, result.stderr[-2000:]
     captions = [json.loads(line)["caption"] for line in result.stdout.strip().splitlines()]
     assert captions == [c.strip() for c in expected]
-    captioner = pipeline("image-to-text", model=str(rag))
-    piped = captioner(images[0], prompt=prompts[0])[0]["generated_text"]  # prompt= is deprecated in 4.57 but works
-    assert piped.strip() == expected[0].strip()
+    captioner = pipeline("image-text-to-text", model=str(rag))
+    assert pipeline_captions(captioner, images[0], prompt=prompts[0])[0].strip() == expected[0].strip()
 
 
 def test_non_autoregressive_trains_and_captions_through_cli_and_pipeline(long_caption_data, tmp_path):
@@ -96,8 +97,8 @@ def test_non_autoregressive_trains_and_captions_through_cli_and_pipeline(long_ca
     images = _test_images(long_caption_data, 2)
     expected = processor.batch_decode(model.generate(**processor(images=[Image.open(p) for p in images])),
                                       skip_special_tokens=True)
-    captioner = pipeline("image-to-text", model=str(output))
-    assert [captioner(p)[0]["generated_text"] for p in images] == expected
+    captioner = pipeline("image-text-to-text", model=str(output))
+    assert pipeline_captions(captioner, images) == expected
     result = subprocess.run([sys.executable, "-m", "centerfocus.tools.cli", "caption", "--model", str(output),
                              *images], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

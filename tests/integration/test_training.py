@@ -18,6 +18,7 @@ from centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImage
 from centerfocus.tools import train
 from centerfocus.tools.data import generate_caption_dataset, generate_classification_dataset
 
+from ..conftest import pipeline_captions
 from ..fresh_process import run_without_package
 
 
@@ -68,12 +69,13 @@ def test_train_saves_a_folder_that_pipelines_caption(trained_folder, caption_dat
 
     expected = processor.batch_decode(model.generate(**processor(images=[Image.open(image_path)])),
                                       skip_special_tokens=True)[0]
-    assert pipeline("image-to-text", model=str(trained_folder))(image_path)[0]["generated_text"] == expected
+    assert pipeline_captions(pipeline("image-text-to-text", model=str(trained_folder)), image_path) == [expected]
     result = run_without_package(f"""
         import json
         from transformers import pipeline
-        captioner = pipeline("image-to-text", model={str(trained_folder)!r}, trust_remote_code=True)
-        print(json.dumps({{"caption": captioner({image_path!r})[0]["generated_text"]}}))
+        captioner = pipeline("image-text-to-text", model={str(trained_folder)!r}, trust_remote_code=True)
+        caption = captioner(images={image_path!r}, text="", return_full_text=False)[0]["generated_text"]
+        print(json.dumps({{"caption": caption}}))
     """)
     assert result["caption"] == expected
 

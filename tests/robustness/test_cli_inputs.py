@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from centerfocus.tools import export, sparsity
+from centerfocus.tools import caption, sparsity
 from centerfocus.tools.caption_data import check_caption_dataset, check_image_folder, load_image_dataset
 from centerfocus.tools.retrieval import SEPARATOR, CaptionIndex, retrieval_prompts
 
@@ -142,7 +142,7 @@ def test_index_whose_embedding_model_is_gone_says_to_rebuild_it(model_copy, save
     query = tmp_path / "query.png"
     make_image(9).save(query)
     with pytest.raises(ValueError, match=message):  # what `centerfocus caption --index` runs
-        export.caption_main(["--model", str(saved_folder), "--index", str(index_dir), str(query)])
+        caption.caption_main(["--model", str(saved_folder), "--index", str(index_dir), str(query)])
 
 
 def test_index_moved_together_with_its_embedding_model_still_works(saved_folder, tmp_path, images):
@@ -180,7 +180,7 @@ def test_caption_in_batches_equals_one_generate_over_all_images(saved_folder, ti
         path = tmp_path / f"{seed}.png"
         make_image(seed).save(path)
         paths.append(str(path))
-    captions = export.caption_main(["--model", str(saved_folder), "--batch_size", "2", *paths])
+    captions = caption.caption_main(["--model", str(saved_folder), "--batch_size", "2", *paths])
     printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [row["image"] for row in printed] == paths
     with torch.no_grad():
@@ -200,6 +200,6 @@ def test_caption_in_batches_equals_one_generate_over_all_images(saved_folder, ti
 ])
 def test_caption_refuses_bad_flag_values(saved_folder, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        export.caption_main(["--model", str(saved_folder), *flags, "x.png"])
+        caption.caption_main(["--model", str(saved_folder), *flags, "x.png"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err

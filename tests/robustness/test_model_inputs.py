@@ -3,13 +3,12 @@
 
 import json
 import shutil
-import warnings
 
 import pytest
 import torch
 from transformers import pipeline
 
-from ..conftest import make_image
+from ..conftest import make_image, pipeline_captions
 
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,10 +88,9 @@ def mismatched_folder(saved_folder, tmp_path_factory):
 
 
 def test_pipeline_refuses_an_image_size_the_model_does_not_take(mismatched_folder):
-    captioner = pipeline("image-to-text", model=str(mismatched_folder))
-    with warnings.catch_warnings(), pytest.raises(ValueError, match=CASES["wrong-image-size"]):
-        warnings.simplefilter("ignore", FutureWarning)
-        captioner(make_image(0))
+    captioner = pipeline("image-text-to-text", model=str(mismatched_folder))
+    with pytest.raises(ValueError, match=CASES["wrong-image-size"]):
+        pipeline_captions(captioner, make_image(0))
 
 
 def test_pipeline_refuses_a_bad_image_path_with_transformers_error(saved_folder, tmp_path):
@@ -102,11 +100,11 @@ def test_pipeline_refuses_a_bad_image_path_with_transformers_error(saved_folder,
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    captioner = pipeline("image-to-text", model=str(saved_folder))
+    captioner = pipeline("image-text-to-text", model=str(saved_folder))
     with pytest.raises(UnidentifiedImageError, match=r"cannot identify image file .*broken\.png"):
-        captioner(str(broken))
+        pipeline_captions(captioner, str(broken))
     with pytest.raises(ValueError, match="Incorrect image source"):
-        captioner(str(tmp_path / "missing.png"))
+        pipeline_captions(captioner, str(tmp_path / "missing.png"))
 
 
 def test_pipeline_loads_files_with_transformers_load_image(tmp_path):

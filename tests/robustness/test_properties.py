@@ -77,7 +77,9 @@ def test_any_text_gives_input_ids_inside_the_vocabulary(tiny_processor, texts):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert ids.shape == mask.shape and ids.shape[0] == len(texts)
     assert ((ids >= 0) & (ids < vocab_size)).all()
-    assert (mask.sum(1) >= 2).all()  # at least [BOS] [EOS]
+    expected_minimum = torch.tensor([2 if text else 0 for text in texts])  # [BOS] [EOS]; an empty prompt is none
+    assert (mask.sum(1) >= expected_minimum).all()
+    assert (mask.sum(1)[expected_minimum == 0] == 0).all()
 
 
 @PROPERTY_SETTINGS

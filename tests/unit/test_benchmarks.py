@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -119,6 +120,7 @@ def test_compiled_comparison_run_reports_the_compile(tmp_path):
     assert measured["torch_compile_first_step_s"] > 0 and measured["train_samples_per_second"] > 0
 
 
+@pytest.mark.export
 def test_onnx_latency_pairs_each_held_out_image_with_its_own_reference(tmp_path, monkeypatch):
     from centerfocus.tools.data import generate_caption_dataset
 

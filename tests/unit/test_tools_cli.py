@@ -2,10 +2,11 @@
 
 import pytest
 
-from centerfocus.tools.cli import COMMANDS, main
+from centerfocus.tools.cli import COMMANDS, OPTIMUM_COMMANDS, main
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.export) if c in OPTIMUM_COMMANDS else c
+                                     for c in sorted(COMMANDS)])
 def test_every_command_prints_its_help(command, capsys):
     # argparse %-formats each help string: a stray "%" in one of them crashes --help with a TypeError
     with pytest.raises(SystemExit) as exit_info:

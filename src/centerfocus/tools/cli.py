@@ -11,15 +11,16 @@ COMMANDS = {
     "demo": ("centerfocus.tools.demo", "Generate the built-in data set, train, evaluate, draw captions."),
     "generate-data": ("centerfocus.tools.demo", "Write the built-in synthetic data set as an image folder."),
     "export": ("centerfocus.tools.export", "Export to ONNX with Optimum (optimise, INT8, TensorRT check)."),
-    "caption": ("centerfocus.tools.export", "Caption images with ONNX Runtime or PyTorch."),
+    "caption": ("centerfocus.tools.caption", "Caption images with ONNX Runtime or PyTorch."),
     "sparsify": ("centerfocus.tools.sparsity", "2:4-prune the image branch (optionally fine-tune), report quality."),
     "index": ("centerfocus.tools.retrieval", "Build a caption index for retrieval-augmented captioning."),
 }
 ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
-# Commands that need Optimum's ONNX stack. optimum-onnx 0.1.0 (its latest release) requires transformers<4.58, so on
-# the transformers 5 line they run in a separate environment on that stack: `bash scripts/setup.sh export` builds it
-# as .venv-export beside the checkout; CENTERFOCUS_EXPORT_PYTHON names another one's python.
-OPTIMUM_COMMANDS = ("export", "caption")
+# What needs Optimum's ONNX stack: `export`, and `caption --onnx` (ONNX Runtime through Optimum's ORTModel).
+# optimum-onnx 0.1.0 (its latest release) requires transformers<4.58, so on the transformers 5 line they run in a
+# separate environment on that stack: `bash scripts/setup.sh export` builds it as .venv-export beside the checkout;
+# CENTERFOCUS_EXPORT_PYTHON names another one's python. `caption --model` runs where it is called.
+OPTIMUM_COMMANDS = ("export",)
 EXPORT_PYTHON_VARIABLE = "CENTERFOCUS_EXPORT_PYTHON"
 
 
@@ -77,7 +78,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"centerfocus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    if command in OPTIMUM_COMMANDS and not _has_optimum_onnx():
+    needs_optimum = command in OPTIMUM_COMMANDS or (command == "caption" and any(
+        arg == "--onnx" or arg.startswith("--onnx=") for arg in rest))
+    if needs_optimum and not _has_optimum_onnx():
         return _run_in_export_environment(command, rest)
     import importlib
 

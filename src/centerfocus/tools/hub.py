@@ -369,9 +369,10 @@ def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None,
         "from PIL import Image",
         "from transformers import pipeline",
         "",
-        f'captioner = pipeline("image-to-text", model={q_repo}, revision={q_rev}, trust_remote_code=True)',
+        f'captioner = pipeline("image-text-to-text", model={q_repo}, revision={q_rev}, trust_remote_code=True)',
         'image = Image.open("image.png").convert("RGB")',
-        'print(captioner(image)[0]["generated_text"])',
+        '# text="" asks for a plain caption; a prompt goes there too (return_full_text=False: not echoed)',
+        'print(captioner(images=image, text="", return_full_text=False)[0]["generated_text"])',
     ])
     generate_snippet = "\n".join([
         "from PIL import Image",
@@ -399,7 +400,8 @@ def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None,
         "",
         "## Usage",
         "",
-        "With the `image-to-text` pipeline:",
+        "With the `image-text-to-text` pipeline (transformers 4.57 and 5.x; in 5.x, `image-to-text` names it and it "
+        "needs text):",
         "",
         "```python",
         pipeline_snippet,
@@ -737,10 +739,14 @@ try:
     checks.append("generate")
 
     step = "pipeline"
-    captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
-    caption = captioner(image)[0]["generated_text"]
-    if not isinstance(caption, str) or caption.strip() != expected:
-        fail(step, f"pipeline caption {caption!r} differs from generate() caption {expected!r}")
+    # image-text-to-text on both lines (text="": a plain caption); image-to-text too where it exists (4.57)
+    for task in ["image-text-to-text"] + (["image-to-text"] if AutoModelForVision2Seq is not None else []):
+        captioner = pipeline(task, model=folder, trust_remote_code=True)
+        outputs = (captioner(images=image, text="", return_full_text=False) if task == "image-text-to-text"
+                   else captioner(image))
+        caption = outputs[0]["generated_text"]
+        if not isinstance(caption, str) or caption.strip() != expected:
+            fail(step, f"{task} pipeline caption {caption!r} differs from generate() caption {expected!r}")
     checks.append("pipeline")
 
     for index, code in enumerate(payload["snippets"]):

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -61,18 +61,38 @@ _OVERWRITE_HELP = ("Train into a non-empty --output_dir (its model files are rep
                    "TrainingArguments flag; the example-script convention it served is kept here on both lines.")
 
 
-@dataclass
-class CenterFocusSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
-    """`Seq2SeqTrainingArguments` with `--overwrite_output_dir` (on transformers 4.57 and 5.x alike)."""
-
-    overwrite_output_dir: bool = field(default=False, metadata={"help": _OVERWRITE_HELP})
+_TRANSFORMERS_5 = "warmup_ratio" not in {f.name for f in fields(TrainingArguments)}
 
 
 @dataclass
-class CenterFocusTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with `--overwrite_output_dir` (on transformers 4.57 and 5.x alike)."""
+class _KeptTrainingArguments:
+    """Flags transformers 5 dropped from `TrainingArguments`, kept on both lines so that a command written for one
+    runs on the other: `--overwrite_output_dir`, and `--warmup_ratio` (5.x reads a float `--warmup_steps` below 1
+    as that ratio)."""
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": _OVERWRITE_HELP})
+    if _TRANSFORMERS_5:
+        warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warmup over this fraction of the steps "
+                                                                   "(as --warmup_steps below 1 on transformers 5)."})
+
+        def __post_init__(self):
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            if self.warmup_ratio and self.warmup_steps:
+                raise ValueError("Pass --warmup_ratio or --warmup_steps, not both.")
+            if self.warmup_ratio:
+                self.warmup_steps = self.warmup_ratio
+            super().__post_init__()
+
+
+@dataclass
+class CenterFocusSeq2SeqTrainingArguments(_KeptTrainingArguments, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with the flags of `_KeptTrainingArguments` (on transformers 4.57 and 5.x alike)."""
+
+
+@dataclass
+class CenterFocusTrainingArguments(_KeptTrainingArguments, TrainingArguments):
+    """`TrainingArguments` with the flags of `_KeptTrainingArguments` (on transformers 4.57 and 5.x alike)."""
 
 
 @dataclass

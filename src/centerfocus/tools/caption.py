@@ -1,0 +1,94 @@
+"""`centerfocus caption`: caption images with PyTorch (any stack line) or ONNX Runtime (an exported folder, which
+loads through Optimum's ORTModel and so needs Optimum's stack: `bash scripts/setup.sh export`)."""
+
+import argparse
+import json
+from typing import Optional
+
+import torch
+from PIL import Image
+
+from ..processing_centerfocus import CenterFocusProcessor
+
+
+def caption_main(argv: Optional[list[str]] = None) -> list[str]:
+    """`centerfocus caption (--onnx DIR | --model DIR) IMAGE... [--provider ...] [--prompt TEXT] [--num_beams N]
+    [--trt_fp16] [--trt_engine_cache DIR]`: print one caption per image."""
+    parser = argparse.ArgumentParser(prog="centerfocus caption", description=caption_main.__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", help="An exported folder (centerfocus export).")
+    source.add_argument("--model", help="A saved PyTorch model folder.")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--provider", default="CPUExecutionProvider",
+                        choices=["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
+    parser.add_argument("--prompt", help="Encoder prompt (needs a --variant prompt export for --onnx).")
+    parser.add_argument("--index", help="Caption index (centerfocus index): the k nearest captions become the prompt.")
+    parser.add_argument("--k", type=_positive_int, default=2, help="Captions retrieved per image with --index.")
+    parser.add_argument("--num_beams", type=_positive_int, default=1)
+    parser.add_argument("--max_new_tokens", type=_positive_int, default=None)
+    parser.add_argument("--batch_size", type=_positive_int, default=16,
+                        help="Images opened and captioned at a time (one JSON line each, as they are done).")
+    parser.add_argument("--trt_fp16", action="store_true", help="TensorRT: build fp16 engines.")
+    parser.add_argument("--trt_engine_cache", help="TensorRT: engine and timing cache folder.")
+    args = parser.parse_args(argv)
+    if args.prompt and args.index:
+        parser.error("--prompt and --index both set the encoder prompt: pass one of them.")
+    folder = args.onnx or args.model
+    if args.onnx:
+        from .export import _check_onnx_folder, load_ort_model  # Optimum's stack (centerfocus export's environment)
+
+        _check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
+    processor = CenterFocusProcessor.from_pretrained(folder)
+    if args.onnx:
+        options = {}
+        if args.provider == "TensorrtExecutionProvider":
+            if args.trt_fp16:
+                options["trt_fp16_enable"] = "True"
+            if args.trt_engine_cache:
+                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=args.trt_engine_cache,
+                               trt_timing_cache_enable="True")
+        model = load_ort_model(args.onnx, provider=args.provider, provider_options=options or None,
+                               use_merged=False if args.provider == "TensorrtExecutionProvider" else None)
+    else:
+        from ..modeling_centerfocus import CenterFocusForConditionalGeneration
+
+        model = CenterFocusForConditionalGeneration.from_pretrained(folder).eval()
+    for path in args.images:  # every path readable as an image before any captioning (headers only)
+        try:
+            Image.open(path).close()
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"Cannot read image {path}: {error}") from None
+    index = None
+    if args.index:
+        from .retrieval import CaptionIndex, retrieval_prompts
+
+        index = CaptionIndex.load(args.index)
+    kwargs = {"num_beams": args.num_beams}
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    captions = []
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        images = [Image.open(path) for path in paths]
+        prompts = [args.prompt] * len(images) if args.prompt else None
+        if index is not None:
+            prompts = retrieval_prompts(index, images, args.k)
+        inputs = processor(images=images, text=prompts)
+        for image in images:
+            image.close()
+        with torch.inference_mode():
+            batch = processor.batch_decode(model.generate(**inputs, **kwargs), skip_special_tokens=True)
+        for path, caption in zip(paths, batch):
+            print(json.dumps({"image": path, "caption": caption.strip()}), flush=True)
+        captions += batch
+    return captions
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
