@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from common import (  # benchmarks/ runs as scripts: python benchmarks/NAME.py
     count_cpu_flash_attention,
     median_seconds,
@@ -35,6 +36,9 @@ from common import (  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
 CAPTION_TOKENS = 32
 VOCAB = 30522
+# transformers 4.57's VisionEncoderDecoder loss shifts the already shifted labels once more; 5.x computes plain
+# cross-entropy (checked in its modeling_vision_encoder_decoder.py), so there the model's own loss is used
+VED_SHIFTS_LABELS_TWICE = int(transformers.__version__.split(".")[0]) < 5
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
@@ -77,8 +81,12 @@ def build(name: str, width: int, layers: int, heads: int):
         model = VisionEncoderDecoderModel(encoder=ViTModel(ViTConfig(**vit), add_pooling_layer=False), decoder=decoder)
         model.config.decoder_start_token_id, model.config.pad_token_id = 101, 0
 
-        def loss(pixels, labels):  # plain CE: 4.57's VED loss_function shifts the labels a second time (DESIGN.md)
-            logits = model(pixel_values=pixels, labels=labels).logits
+        def loss(pixels, labels):
+            output = model(pixel_values=pixels, labels=labels)
+            if not VED_SHIFTS_LABELS_TWICE:
+                return output.loss
+            # plain CE: 4.57's VED loss_function shifts the labels a second time (DESIGN.md); fixed in 5.x
+            logits = output.logits
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
         return model, loss
