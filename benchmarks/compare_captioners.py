@@ -227,6 +227,7 @@ def main() -> None:
         return
     peak = matmul_peak_gflops()
     results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "transformers": transformers.__version__,
                            "processor": platform.processor() or platform.machine(),
                            "fp32_matmul_peak_gflops": round(peak, 1)},
                "setup": {"width": args.width, "layers": args.layers, "heads": args.heads,
