@@ -8,7 +8,12 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    ChannelDimension,
+    PILImageResampling,
+)
 from transformers.utils import logging
 
 
@@ -17,13 +22,34 @@ logger = logging.get_logger(__name__)
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _pil_to_rgb_array(image: Image.Image) -> np.ndarray:
-    """A PIL image of any mode -> `(H, W, 3)` float32 in [0, 255].
+# ITU-R 601-2 luma, the weights of PIL's "L" conversion
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _to_channels(array: np.ndarray, channels: Optional[int]) -> np.ndarray:
+    """`(H, W, c)` float32 in [0, 255], c in {1, 3, 4} -> `(H, W, channels)` (None: as given). To 1: the luma of the
+    RGB channels (PIL's "L" weights); to 3: grey repeated, alpha dropped; to 4: grey repeated and an opaque alpha
+    appended where there is none."""
+    have = array.shape[-1]
+    if channels is None or channels == have:
+        return array
+    rgb = np.repeat(array, 3, axis=-1) if have == 1 else array[..., :3]
+    if channels == 1:
+        return (rgb @ _LUMA)[..., None].astype(np.float32)
+    if channels == 3:
+        return rgb
+    return np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255.0, dtype=np.float32)], axis=-1)
+
+
+def _pil_to_array(image: Image.Image, channels: Optional[int] = 3) -> np.ndarray:
+    """A PIL image of any mode -> `(H, W, channels)` float32 in [0, 255] (`channels=None`: 1 for grey modes, 4 for
+    modes with alpha, else 3).
 
     Conversions (listed in docs/robustness.md): the EXIF orientation is applied; an animated image gives its first frame;
-    alpha is composited onto white; palette, grey, 1-bit, CMYK and YCbCr images go through PIL's RGB conversion;
-    16-bit images are scaled by 255/65535; 32-bit integer and float images are scaled from their own [min, max]
-    range to [0, 255] (a constant image becomes black)."""
+    for 1 or 3 channels alpha is composited onto white, for 4 it is kept; palette, 1-bit, CMYK and YCbCr images go
+    through PIL's RGB conversion (and its "L" conversion for 1 channel); 16-bit images are scaled by 255/65535
+    without 8-bit rounding; 32-bit integer and float images are scaled from their own [min, max] range to [0, 255]
+    (a constant image becomes black)."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     image = ImageOps.exif_transpose(image)
@@ -36,27 +62,38 @@ def _pil_to_rgb_array(image: Image.Image) -> np.ndarray:
                 raise ValueError(f"The {image.mode!r}-mode image contains NaN or infinite pixel values.")
             low, high = float(array.min()), float(array.max())
             array = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return np.repeat(array.astype(np.float32)[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return _to_channels(array.astype(np.float32)[..., None], channels)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if channels is None:
+        channels = 4 if has_alpha else 1 if image.mode in ("1", "L") else 3
+    if channels == 4:
+        return np.asarray(image.convert("RGBA"), dtype=np.float32)
+    if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
+    if channels == 1:
+        return np.asarray(image.convert("L"), dtype=np.float32)[..., None]
     return np.asarray(image.convert("RGB"), dtype=np.float32)
 
 
-def _array_to_rgb_array(array: np.ndarray) -> np.ndarray:
-    """A numpy array `(H, W)`, `(H, W, c)` or `(c, H, W)` with c in {1, 3, 4} -> `(H, W, 3)` float32 in [0, 255].
-    The last axis is the channel axis when it has 1, 3 or 4 entries (a warning is logged when the first axis could
-    be too), else the first. uint8 is taken as is, uint16 scaled by 255/65535, bool as {0, 255}; floats in [0, 1]
-    are scaled by 255 and floats up to 255 taken as is; a 4th (alpha) channel is dropped."""
+def _array_to_array(array: np.ndarray, channels: Optional[int] = 3, channels_last: Optional[bool] = None) -> np.ndarray:
+    """A numpy array `(H, W)`, `(H, W, c)` or `(c, H, W)` with c in {1, 3, 4} -> `(H, W, channels)` float32 in
+    [0, 255] (`channels=None`: c). `channels_last` says which axis holds the channels (`input_data_format`); when it
+    is not given, the last axis is the channel axis when it has 1, 3 or 4 entries (a warning is logged when the first
+    axis could be too), else the first. uint8 is taken as is, uint16 scaled by 255/65535, bool as {0, 255}; floats in
+    [0, 1] are scaled by 255 and floats up to 255 taken as is. Channel conversions as in `_to_channels`."""
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
         raise ValueError(f"An image array must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}.")
-    if array.shape[-1] in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-        logger.warning_once(f"The channel axis of an image array of shape {array.shape} is ambiguous; taking the "
-                            "last axis as channels (H, W, C). Pass (H, W, C) or a PIL image to avoid this.")
-    if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+    if channels_last is None:
+        if array.shape[-1] in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+            logger.warning_once(f"The channel axis of an image array of shape {array.shape} is ambiguous; taking the "
+                                "last axis as channels (H, W, C). Pass (H, W, C), `input_data_format` or a PIL image "
+                                "to avoid this.")
+        channels_last = not (array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4))
+    if not channels_last:
         array = np.transpose(array, (1, 2, 0))  # channels-first -> (H, W, c)
     if array.shape[-1] not in (1, 3, 4):
         raise ValueError(f"An image array must have 1, 3 or 4 channels, got shape {array.shape}.")
@@ -79,9 +116,7 @@ def _array_to_rgb_array(array: np.ndarray) -> np.ndarray:
             array = array * 255.0
     else:
         raise ValueError(f"Unsupported image array dtype {array.dtype}; use uint8, uint16, bool or float.")
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    return array[..., :3]  # drops alpha
+    return _to_channels(array, channels)
 
 
 def _check_not_empty(array: np.ndarray) -> np.ndarray:
@@ -90,11 +125,11 @@ def _check_not_empty(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _decode_pil(image: Image.Image) -> np.ndarray:
-    """`_pil_to_rgb_array` with every decoding failure of a lazily loaded image (truncated or corrupt data: PIL
+def _decode_pil(image: Image.Image, channels: Optional[int] = 3) -> np.ndarray:
+    """`_pil_to_array` with every decoding failure of a lazily loaded image (truncated or corrupt data: PIL
     raises OSError, SyntaxError and others) turned into ValueError naming the file it came from."""
     try:
-        array = _pil_to_rgb_array(image)
+        array = _pil_to_array(image, channels)
     except (ValueError, MemoryError):
         raise
     except Exception as error:
@@ -103,8 +138,8 @@ def _decode_pil(image: Image.Image) -> np.ndarray:
     return _check_not_empty(array)
 
 
-def load_image_file(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Open an image file with PIL, decode it completely (`Image.load()`) and convert it as `to_rgb_array` converts a
+def load_image_file(path: Union[str, os.PathLike], channels: Optional[int] = 3) -> np.ndarray:
+    """Open an image file with PIL, decode it completely (`Image.load()`) and convert it as `to_array` converts a
     PIL image. Truncated images are never accepted (`ImageFile.LOAD_TRUNCATED_IMAGES` is left alone). A missing
     file, a file that is not an image, truncated or corrupt data and an image over PIL's decompression-bomb limit
     (`Image.MAX_IMAGE_PIXELS`) raise ValueError naming the path."""
@@ -122,7 +157,7 @@ def load_image_file(path: Union[str, os.PathLike]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decodes everything now: truncated or corrupt data fails here
-            array = _pil_to_rgb_array(image)
+            array = _pil_to_array(image, channels)
     except MemoryError:
         raise
     except Exception as error:  # UnidentifiedImageError, OSError, DecompressionBombError, SyntaxError, ValueError
@@ -130,22 +165,23 @@ def load_image_file(path: Union[str, os.PathLike]) -> np.ndarray:
     return _check_not_empty(array)
 
 
-def to_rgb_array(image) -> np.ndarray:
-    """Any supported image (PIL, numpy, torch, a path to an image file) -> `(H, W, 3)` float32 in [0, 255]."""
+def to_array(image, channels: Optional[int] = 3, channels_last: Optional[bool] = None) -> np.ndarray:
+    """Any supported image (PIL, numpy, torch, a path to an image file) -> `(H, W, channels)` float32 in [0, 255]
+    (`channels=None`: the image's own channels)."""
     if isinstance(image, Image.Image):
-        return _decode_pil(image)
+        return _decode_pil(image, channels)
     if isinstance(image, (str, os.PathLike)):
-        return load_image_file(image)
+        return load_image_file(image, channels)
     if type(image).__module__.startswith("torch") and hasattr(image, "detach"):
         image = image.detach().cpu().float().numpy() if image.is_floating_point() else image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
-        return _array_to_rgb_array(image)
+        return _array_to_array(image, channels, channels_last)
     raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array, a torch "
                      "tensor or the path of an image file (URLs are not downloaded).")
 
 
 def _resize_channels(array: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    """Resize each channel of an `(H, W, 3)` float image in PIL's float mode (no 8-bit rounding), clipped to
+    """Resize each channel of an `(H, W, c)` float image in PIL's float mode (no 8-bit rounding), clipped to
     [0, 255] as an 8-bit resize would be (bicubic filters overshoot)."""
     if array.shape[:2] == (height, width):
         return array
@@ -173,7 +209,8 @@ def _flatten_images(images) -> list:
 
 class CenterFocusImageProcessor(BaseImageProcessor):
     r"""
-    Prepares images for CenterFocus: converts to RGB, resizes to `size`, rescales to [0, 1] and normalises.
+    Prepares images for CenterFocus: converts to `num_channels` channels (RGB by default), resizes to `size`,
+    rescales to [0, 1] and normalises.
 
     Accepts one image or a list of images, each a PIL image, a numpy array, a torch tensor or the path (`str` or
     `pathlib.Path`) of an image file, in any mix; a 4-D array or tensor is a batch. An input that cannot be
@@ -187,10 +224,13 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         do_rescale (`bool`, *optional*, defaults to `True`): Multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1/255`): Rescale factor.
         do_normalize (`bool`, *optional*, defaults to `True`): Normalise with `image_mean` and `image_std`.
-        image_mean (`list[float]`, *optional*, defaults to `[0.5, 0.5, 0.5]`), image_std (`list[float]`, *optional*,
-            defaults to `[0.5, 0.5, 0.5]`): Normalisation statistics.
-        do_convert_rgb (`bool`, *optional*, defaults to `True`): Kept for API compatibility; every input is
-            converted to 3-channel RGB as documented in `to_rgb_array`.
+        image_mean (`list[float]`, *optional*, defaults to 0.5 per channel), image_std (`list[float]`, *optional*,
+            defaults to 0.5 per channel): Normalisation statistics, one per channel (or one for all).
+        do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert every input to `num_channels` channels (see
+            `to_array`). With `False` each input keeps its own channels (an array's `c`; 1 for a grey PIL image, 4
+            for one with alpha), as transformers' processors do; the images of a batch must then agree.
+        num_channels (`int`, *optional*, defaults to 3): Channels of `pixel_values`, the model's `num_channels`:
+            1 (grey, the luma of colour inputs), 3 (RGB) or 4 (RGBA; an opaque alpha is added where there is none).
 
     Example:
 
@@ -216,6 +256,7 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         image_mean: Optional[Union[float, list[float]]] = None,
         image_std: Optional[Union[float, list[float]]] = None,
         do_convert_rgb: bool = True,
+        num_channels: int = 3,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -225,17 +266,26 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = list(image_mean) if image_mean is not None else list(IMAGENET_STANDARD_MEAN)
-        self.image_std = list(image_std) if image_std is not None else list(IMAGENET_STANDARD_STD)
+        if isinstance(num_channels, bool) or num_channels not in (1, 3, 4):
+            raise ValueError(f"`num_channels` must be 1, 3 or 4, got {num_channels!r}.")
+        self.num_channels = num_channels
+        default_mean, default_std = ((IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD) if num_channels == 3
+                                     else ([0.5] * num_channels, [0.5] * num_channels))
+        self.image_mean = list(np.atleast_1d(image_mean if image_mean is not None else default_mean).tolist())
+        self.image_std = list(np.atleast_1d(image_std if image_std is not None else default_std).tolist())
         self.do_convert_rgb = do_convert_rgb
-        self._validate_settings(self.size, self.image_std)
+        self._validate_settings(self.size, self.image_mean, self.image_std, num_channels if do_convert_rgb else None)
 
     @staticmethod
-    def _validate_settings(size: dict, image_std: list) -> None:
+    def _validate_settings(size: dict, image_mean, image_std, channels: Optional[int]) -> None:
         if set(size) != {"height", "width"} or not all(isinstance(v, int) and v > 0 for v in size.values()):
             raise ValueError(f"`size` must be {{'height': int > 0, 'width': int > 0}}, got {size!r}.")
         if any(s == 0 for s in image_std):
-            raise ValueError(f"`image_std` must not contain 0, got {image_std!r}.")
+            raise ValueError(f"`image_std` must not contain 0, got {list(image_std)!r}.")
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if channels is not None and len(values) not in (1, channels):
+                raise ValueError(f"`{name}` has {len(values)} values but the images have {channels} channels "
+                                 f"(`num_channels`); give one value per channel or one for all.")
 
     def preprocess(
         self,
@@ -250,12 +300,15 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         image_std: Optional[Union[float, list[float]]] = None,
         do_convert_rgb: Optional[bool] = None,
         return_tensors: Optional[str] = None,
+        input_data_format: Optional[Union[str, ChannelDimension]] = None,
         **kwargs,
     ) -> BatchFeature:
         """Preprocess one image or a list of images; arguments override the processor's settings for this call.
+        `input_data_format` ("channels_first" / "channels_last") says where an array's channel axis is (else it is
+        inferred, see `to_array`).
 
         Returns:
-            [`BatchFeature`] with `pixel_values` of shape `(batch_size, 3, height, width)`, float32.
+            [`BatchFeature`] with `pixel_values` of shape `(batch_size, num_channels, height, width)`, float32.
         """
         if kwargs:
             logger.warning_once(f"CenterFocusImageProcessor.preprocess ignores unknown arguments {sorted(kwargs)}.")
@@ -265,14 +318,19 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
         rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        mean = np.asarray(self.image_mean if image_mean is None else image_mean, dtype=np.float32)
-        std = np.asarray(self.image_std if image_std is None else image_std, dtype=np.float32)
-        self._validate_settings(size, list(np.atleast_1d(std)))
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        channels = self.num_channels if do_convert_rgb else None
+        mean = np.atleast_1d(np.asarray(self.image_mean if image_mean is None else image_mean, dtype=np.float32))
+        std = np.atleast_1d(np.asarray(self.image_std if image_std is None else image_std, dtype=np.float32))
+        self._validate_settings(size, mean, std, channels)
+        channels_last = None
+        if input_data_format is not None:
+            channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
 
         batch = []
         for index, image in enumerate(_flatten_images(images)):
             try:
-                array = to_rgb_array(image)
+                array = to_array(image, channels, channels_last)
             except ValueError as error:
                 raise ValueError(f"Image {index}: {error}") from None
             if do_resize:
@@ -280,11 +338,15 @@ class CenterFocusImageProcessor(BaseImageProcessor):
             if do_rescale:
                 array = array * rescale_factor
             if do_normalize:
+                if len(mean) not in (1, array.shape[-1]) or len(std) not in (1, array.shape[-1]):
+                    raise ValueError(f"Image {index} has {array.shape[-1]} channels but `image_mean` has {len(mean)} "
+                                     f"values and `image_std` {len(std)}; give one value per channel or one for all.")
                 array = (array - mean) / std
-            batch.append(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))  # (3, H, W)
+            batch.append(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))  # (c, H, W)
         shapes = {a.shape for a in batch}
         if len(shapes) > 1:
-            raise ValueError(f"Images have different sizes {sorted(shapes)} and `do_resize=False`; resize them.")
+            raise ValueError(f"Images have different shapes (channels, height, width) {sorted(shapes)}: resize them "
+                             "(`do_resize=True`) or give them the same channels (`do_convert_rgb=True`).")
         return BatchFeature(data={"pixel_values": np.stack(batch)}, tensor_type=return_tensors)
 
 

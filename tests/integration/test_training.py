@@ -80,6 +80,29 @@ def test_train_saves_a_folder_that_pipelines_caption(trained_folder, caption_dat
     assert result["caption"] == expected
 
 
+def test_a_grayscale_model_trains_on_grayscale_pngs_and_captions_through_the_pipeline(caption_data, tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "grey"
+    shutil.copytree(caption_data, grey)
+    for path in grey.rglob("*.png"):
+        Image.open(path).convert("L").save(path)
+    output = tmp_path / "grey_model"
+    _train(grey, output, "--config_overrides", "num_channels=1", "--max_steps", "4", "--eval_strategy", "no",
+           "--save_strategy", "no", "--predict_with_generate", "false")
+    model = CenterFocusForConditionalGeneration.from_pretrained(output)
+    processor = CenterFocusProcessor.from_pretrained(output)
+    assert model.config.num_channels == 1 and processor.image_processor.num_channels == 1
+    paths = [str(p) for p in sorted((grey / "test").glob("*.png"))[:3]]
+    inputs = processor(images=[Image.open(p) for p in paths])
+    assert inputs["pixel_values"].shape[1] == 1
+    # a grey PNG read as RGB (the pipeline's load_image) gives the same single channel back (PIL's luma of R=G=B)
+    rgb = processor(images=[Image.open(p).convert("RGB") for p in paths])["pixel_values"]
+    assert torch.equal(rgb, inputs["pixel_values"])
+    expected = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
+    assert pipeline_captions(pipeline("image-text-to-text", model=str(output)), paths) == expected
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from transformers import TrainerCallback

@@ -390,7 +390,7 @@ def test_bad_item_in_a_mixed_list_is_named_by_index(processor, files):
 
 
 def test_different_sizes_without_resizing_are_refused(processor):
-    with pytest.raises(ValueError, match="different sizes"):
+    with pytest.raises(ValueError, match="different shapes"):
         processor([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)], do_resize=False)
 
 

@@ -82,7 +82,8 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
     config = CenterFocusConfig(**kwargs, num_labels=len(names), id2label=dict(enumerate(names)),
                                label2id={n: i for i, n in enumerate(names)})
     model = CenterFocusForImageClassification(config)
-    image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size})
+    image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size},
+                                                num_channels=config.num_channels)
     evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
     if evaluation is None and evaluate_when_possible:
         training_args.eval_strategy = IntervalStrategy.NO

@@ -496,7 +496,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     image_size = model.config.image_size
     image_processor = (CenterFocusImageProcessor.from_pretrained(model_args.model_name_or_path)
                        if model_args.model_name_or_path else
-                       CenterFocusImageProcessor(size={"height": image_size, "width": image_size}))
+                       CenterFocusImageProcessor(size={"height": image_size, "width": image_size},
+                                                 num_channels=model.config.num_channels))
     processor = CenterFocusProcessor(image_processor, tokenizer)
     freeze = model_args.freeze_vision_layers
     if freeze is None:
