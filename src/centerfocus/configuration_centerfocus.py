@@ -163,7 +163,9 @@ class CenterFocusConfig(PretrainedConfig):
     """
 
     model_type = "centerfocus"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # generic tooling reads `num_hidden_layers` from any config; for an encoder-decoder it is the encoder's (as BART)
+    attribute_map = {"num_hidden_layers": "encoder_layers"}
 
     def __init__(
         self,
@@ -272,7 +274,7 @@ class CenterFocusConfig(PretrainedConfig):
         self.nar_length_loss_weight = nar_length_loss_weight
         self.use_cache = use_cache
 
-        unknown = sorted(set(kwargs) - _base_config_keys())
+        unknown = sorted(set(kwargs) - _base_config_keys() - set(self.attribute_map))
         if unknown:
             logger.warning(f"CenterFocusConfig got unknown arguments {unknown}; they are stored but not used.")
 
