@@ -4,7 +4,7 @@ Importing the package registers the model type ``centerfocus`` with the transfor
 """
 
 from .configuration_centerfocus import CenterFocusConfig
-from .image_processing_centerfocus import CenterFocusImageProcessor
+from .image_processing_centerfocus import CenterFocusImageProcessor, CenterFocusImageProcessorFast
 from .modeling_centerfocus import (
     CenterFocusDecoder,
     CenterFocusEncoder,
@@ -45,7 +45,11 @@ def register_auto_classes() -> None:
         vision2seq.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageClassification.register(CenterFocusConfig, CenterFocusForImageClassification, exist_ok=True)
-    AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, exist_ok=True)
+    # 5.x: the "pil" and "torchvision" backends (the fast one needs torch only). 4.57 takes as fast processors only
+    # subclasses of its torchvision-based BaseImageProcessorFast: there the fast class is used directly.
+    fast = {"fast_image_processor_class": CenterFocusImageProcessorFast} if vision2seq is None else {}
+    AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, **fast,
+                                exist_ok=True)
     AutoProcessor.register(CenterFocusConfig, CenterFocusProcessor, exist_ok=True)
     if vision2seq is None:
         # transformers 5's pipelines also look for a video processor, and guess one from the image processor's
@@ -72,6 +76,7 @@ __all__ = [
     "CenterFocusForConditionalGeneration",
     "CenterFocusForImageClassification",
     "CenterFocusImageProcessor",
+    "CenterFocusImageProcessorFast",
     "CenterFocusModel",
     "CenterFocusPreTrainedModel",
     "CenterFocusProcessor",

@@ -310,8 +310,6 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         Returns:
             [`BatchFeature`] with `pixel_values` of shape `(batch_size, num_channels, height, width)`, float32.
         """
-        if kwargs:
-            logger.warning_once(f"CenterFocusImageProcessor.preprocess ignores unknown arguments {sorted(kwargs)}.")
         do_resize = self.do_resize if do_resize is None else do_resize
         size = self.size if size is None else dict(size)
         resample = self.resample if resample is None else resample
@@ -327,27 +325,95 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         if input_data_format is not None:
             channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
 
-        batch = []
+        arrays = []
         for index, image in enumerate(_flatten_images(images)):
             try:
-                array = to_array(image, channels, channels_last)
+                arrays.append(to_array(image, channels, channels_last))
             except ValueError as error:
                 raise ValueError(f"Image {index}: {error}") from None
-            if do_resize:
-                array = _resize_channels(array, size["height"], size["width"], int(resample))
-            if do_rescale:
-                array = array * rescale_factor
-            if do_normalize:
+        if do_normalize:
+            for index, array in enumerate(arrays):
                 if len(mean) not in (1, array.shape[-1]) or len(std) not in (1, array.shape[-1]):
                     raise ValueError(f"Image {index} has {array.shape[-1]} channels but `image_mean` has {len(mean)} "
                                      f"values and `image_std` {len(std)}; give one value per channel or one for all.")
-                array = (array - mean) / std
+        pixel_values = self._transform(arrays, size if do_resize else None, int(resample),
+                                       rescale_factor if do_rescale else None, (mean, std) if do_normalize else None,
+                                       **self._transform_kwargs(kwargs))
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def _transform_kwargs(self, kwargs: dict) -> dict:
+        if kwargs:
+            logger.warning_once(f"{type(self).__name__}.preprocess ignores unknown arguments {sorted(kwargs)}.")
+        return {}
+
+    @staticmethod
+    def _check_same_shapes(shapes) -> None:
+        if len(set(shapes)) > 1:
+            raise ValueError(f"Images have different shapes (channels, height, width) {sorted(set(shapes))}: resize "
+                             "them (`do_resize=True`) or give them the same channels (`do_convert_rgb=True`).")
+
+    def _transform(self, arrays: list, size: Optional[dict], resample: int, rescale_factor: Optional[float],
+                   normalize: Optional[tuple]) -> np.ndarray:
+        """`(H, W, c)` float arrays in [0, 255] -> `(B, c, height, width)` float32: resize each channel with PIL,
+        rescale, normalise."""
+        batch = []
+        for array in arrays:
+            if size is not None:
+                array = _resize_channels(array, size["height"], size["width"], resample)
+            if rescale_factor is not None:
+                array = array * rescale_factor
+            if normalize is not None:
+                array = (array - normalize[0]) / normalize[1]
             batch.append(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))  # (c, H, W)
-        shapes = {a.shape for a in batch}
-        if len(shapes) > 1:
-            raise ValueError(f"Images have different shapes (channels, height, width) {sorted(shapes)}: resize them "
-                             "(`do_resize=True`) or give them the same channels (`do_convert_rgb=True`).")
-        return BatchFeature(data={"pixel_values": np.stack(batch)}, tensor_type=return_tensors)
+        self._check_same_shapes(a.shape for a in batch)
+        return np.stack(batch)
 
 
-__all__ = ["CenterFocusImageProcessor"]
+_TORCH_MODES = {int(PILImageResampling.NEAREST): "nearest-exact", int(PILImageResampling.BILINEAR): "bilinear",
+                int(PILImageResampling.BICUBIC): "bicubic"}
+
+
+class CenterFocusImageProcessorFast(CenterFocusImageProcessor):
+    r"""
+    [`CenterFocusImageProcessor`] whose resize, rescale and normalisation run in torch on the whole batch, on CPU or
+    on `device` (e.g. `processor(images, device="cuda")`): the transformers "fast" image processor. Decoding and the
+    channel conversions are the slow processor's (every input type, the same errors). The resize is torch's
+    antialiased bilinear/bicubic interpolation, the kernel torchvision's `resize` runs on tensors and the one that
+    follows PIL's filters; its outputs match [`CenterFocusImageProcessor`] to float32 rounding (1e-5 after
+    normalisation; tested). Needs torch only, not torchvision.
+    """
+
+    def _transform_kwargs(self, kwargs: dict) -> dict:
+        device = kwargs.pop("device", None)
+        super()._transform_kwargs(kwargs)
+        return {"device": device}
+
+    def _transform(self, arrays: list, size: Optional[dict], resample: int, rescale_factor: Optional[float],
+                   normalize: Optional[tuple], device=None):
+        import torch
+        import torch.nn.functional as F
+
+        mode = _TORCH_MODES.get(resample)
+        if size is not None and mode is None:
+            raise ValueError(f"{type(self).__name__} resizes with NEAREST, BILINEAR or BICUBIC; got resample="
+                             f"{PILImageResampling(resample).name}. Use CenterFocusImageProcessor for it.")
+        batch = []
+        for array in arrays:
+            image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(device)[None]  # (1, c, H, W)
+            if size is not None and image.shape[-2:] != (size["height"], size["width"]):
+                antialias = {"antialias": True} if mode != "nearest-exact" else {}
+                image = F.interpolate(image, size=(size["height"], size["width"]), mode=mode, **antialias)
+                image = image.clamp(0.0, 255.0)  # as the slow processor clips PIL's overshoot
+            batch.append(image[0])
+        self._check_same_shapes(tuple(image.shape) for image in batch)
+        pixel_values = torch.stack(batch)
+        if rescale_factor is not None:
+            pixel_values = pixel_values * rescale_factor
+        if normalize is not None:
+            mean, std = (torch.as_tensor(v, dtype=torch.float32, device=pixel_values.device)[:, None, None]
+                         for v in normalize)
+            pixel_values = (pixel_values - mean) / std
+        return pixel_values
+
+
+__all__ = ["CenterFocusImageProcessor", "CenterFocusImageProcessorFast"]

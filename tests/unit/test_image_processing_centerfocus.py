@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from centerfocus import CenterFocusImageProcessor
+
+from ..conftest import make_image
 
 
 @pytest.fixture
@@ -100,3 +103,36 @@ def test_settings_round_trip_and_defaults(tmp_path):
     assert loaded.to_dict() == processor.to_dict()
     with pytest.raises(ValueError, match="size"):
         CenterFocusImageProcessor(size={"shortest_edge": 224})
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"size": {"height": 40, "width": 24}}, {"num_channels": 1}, {"num_channels": 4},
+    {"resample": 2}, {"do_resize": False}, {"do_normalize": False, "do_rescale": False},
+], ids=["default", "non-square", "grey", "rgba", "bilinear", "no-resize", "raw"])
+def test_fast_image_processor_matches_the_slow_one(settings):
+    from centerfocus import CenterFocusImageProcessorFast
+
+    rng = np.random.default_rng(0)
+    side = 32 if settings.get("do_resize") is False else None
+    images = [make_image(i, size=side or s) for i, s in enumerate((48, 100, 31))]
+    images.append(rng.integers(0, 65536, size=(side or 37, side or 53), dtype=np.uint16))  # 16-bit grey
+    images.append(Image.fromarray(rng.integers(0, 256, size=(side or 20, side or 70, 4), dtype=np.uint8), "RGBA"))
+    slow = CenterFocusImageProcessor(**settings)(images, return_tensors="pt")["pixel_values"]
+    fast = CenterFocusImageProcessorFast(**settings)(images, return_tensors="pt")["pixel_values"]
+    assert fast.shape == slow.shape and fast.dtype == slow.dtype == torch.float32
+    # the same separable filter in float32 on both sides (PIL's float mode, torch's antialiased kernel): they differ
+    # by accumulation order only, ~1e-6 of the 0-255 range; 1e-4 after normalisation (x 1/127.5) is ~1e-2 levels
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-4 * (255 if settings.get("do_rescale") is False else 1))
+
+
+def test_fast_image_processor_is_the_auto_class_torchvision_backend(saved_folder):
+    from transformers import AutoImageProcessor
+
+    from centerfocus import CenterFocusImageProcessorFast
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4.57 registers as fast image processors only subclasses of its torchvision-based "
+                    "BaseImageProcessorFast; CenterFocusImageProcessorFast is used directly there")
+    fast = AutoImageProcessor.from_pretrained(saved_folder, backend="torchvision")
+    assert type(fast) is CenterFocusImageProcessorFast
+    assert fast.size == CenterFocusImageProcessor.from_pretrained(saved_folder).size
