@@ -262,7 +262,7 @@ class CenterFocusImageProcessor(BaseImageProcessor):
         super().__init__(**kwargs)
         self.do_resize = do_resize
         self.size = dict(size) if size is not None else {"height": 224, "width": 224}
-        self.resample = resample
+        self.resample = int(resample)  # as JSON gives it back: a saved and a loaded processor compare equal
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
@@ -382,6 +382,11 @@ class CenterFocusImageProcessorFast(CenterFocusImageProcessor):
     follows PIL's filters; its outputs match [`CenterFocusImageProcessor`] to float32 rounding (1e-5 after
     normalisation; tested). Needs torch only, not torchvision.
     """
+
+    def to_dict(self) -> dict:
+        # saved under the slow class's name, which 4.57, remote code and either backend load (transformers 5's own
+        # pil processors save under their torchvision class's name the same way)
+        return {**super().to_dict(), "image_processor_type": "CenterFocusImageProcessor"}
 
     def _transform_kwargs(self, kwargs: dict) -> dict:
         device = kwargs.pop("device", None)

@@ -13,6 +13,7 @@ Shape legend used in comments and docstrings:
 import logging as std_logging
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -31,6 +32,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import StaticLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
+    BaseModelOutputWithPooling,
     ImageClassifierOutput,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
@@ -61,6 +63,8 @@ except ImportError:  # transformers 4.57
 def _one_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
     if cache is not None and past_key_values is not None:
         raise ValueError("Pass the KV cache as `cache` or as `past_key_values`, not both.")
+    if past_key_values is not None and CACHE_FIELD == "cache":  # as transformers 5's own models say it
+        warnings.warn("`past_key_values` is deprecated: pass the KV cache as `cache`.", FutureWarning, stacklevel=3)
     return cache if cache is not None else past_key_values
 
 
@@ -908,7 +912,24 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         compensation (when on) and the image tokenizer. `--freeze_vision_layers N` freezes the first N."""
         return _vision_layers(self.vision_stem, self.image_tokenizer)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, output_hidden_states: Optional[bool] = None,
+                           output_attentions: Optional[bool] = None, return_dict: Optional[bool] = None, **kwargs):
+        """`(B, C, H, W)` -> the image tokens before the transformer layers, as transformers 5's vision-language
+        models give them: `BaseModelOutputWithPooling` whose `last_hidden_state` and `pooler_output` are both the
+        `(B, N, D)` tokens the encoder layers read (5.x's layout for the features a language model consumes); a tuple
+        with `return_dict=False`. The image tower is convolutional: `hidden_states` (when asked) is `(tokens,)`,
+        `attentions` is `()`."""
+        config = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        tokens = self._image_tokens(pixel_values)
+        output = BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=tokens,
+                                            hidden_states=(tokens,) if output_hidden_states else None,
+                                            attentions=() if output_attentions else None)
+        return output if return_dict else output.to_tuple()
+
+    def _image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, C, H, W)` -> image tokens `(B, N, D)` before the transformer layers."""
         dtype = self.image_tokenizer.proj.weight.dtype
         return self.image_tokenizer(self.vision_stem(pixel_values.to(dtype)))
@@ -929,7 +950,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
 
     def _embed(self, pixel_values, input_ids, inputs_embeds) -> torch.Tensor:
         """Image tokens, then prompt tokens, each with its modality type embedding: `(B, S, D)`."""
-        image_tokens = self.get_image_features(pixel_values)  # (B, N, D)
+        image_tokens = self._image_tokens(pixel_values)  # (B, N, D)
         if self.modality_embedding is not None:
             image_tokens = image_tokens + self.modality_embedding.weight[0]
         if input_ids is None and inputs_embeds is None:
@@ -1128,8 +1149,11 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
         config._validate()  # configs are often edited after creation
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.encoder = CenterFocusEncoder(config, self.shared)
-        self.decoder = CenterFocusDecoder(config, self.shared)
+        # each side has its own embedding module, tied to `shared` by parameter (as BART in transformers 5):
+        # `_tied_weights_keys` on 5.x, `_tie_weights` on 4.57. One module shared three ways hid `shared.weight` from
+        # 5.x's missing-key check (a checkpoint without it left it on the meta device)
+        self.encoder = CenterFocusEncoder(config)
+        self.decoder = CenterFocusDecoder(config)
         self.post_init()
 
     def _tie_weights(self) -> None:
@@ -1256,9 +1280,9 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
     def get_decoder(self) -> CenterFocusDecoder:
         return self.model.decoder
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Image tokens `(batch_size, num_image_tokens, hidden_size)` before the encoder layers."""
-        return self.model.encoder.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs):
+        """The image tokens before the encoder layers (see `CenterFocusEncoder.get_image_features`)."""
+        return self.model.encoder.get_image_features(pixel_values, **kwargs)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -1527,6 +1551,9 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
     ```
     """
 
+    supports_gradient_checkpointing = False  # a CNN stem, no transformer layers to checkpoint
+    _no_split_modules = []
+
     def __init__(self, config: CenterFocusConfig):
         config._validate()
         super().__init__(config)
@@ -1540,6 +1567,15 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         """The image-encoder layers in input-to-output order (see `CenterFocusEncoder.vision_layers`)."""
         return _vision_layers(self.vision_stem, self.image_tokenizer)
 
+    def enable_input_require_grads(self) -> None:
+        """Make the image tokens require grad (what adapters inside checkpointed layers need), there being no text
+        embedding to hook."""
+
+        def make_output_require_grad(module, inputs, output):
+            output.requires_grad_(True)
+
+        self._require_grads_hooks = [self.image_tokenizer.register_forward_hook(make_output_require_grad)]
+
     def forward(
         self,
         pixel_values: Optional[torch.FloatTensor] = None,
@@ -1550,13 +1586,17 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Images.
-            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss (or, with
+                `config.problem_type` "regression" / "multi_label_classification", as transformers' classifiers
+                read them: float targets `(batch_size,)` or `(batch_size, num_labels)`, multi-hot floats).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
         validate_pixel_values(self.config, pixel_values)
         tokens = self.image_tokenizer(self.vision_stem(pixel_values.to(self.classifier.weight.dtype)))  # (B, N, D)
         logits = self.classifier(self.layer_norm(tokens.mean(dim=1)))  # (B, num_labels)
-        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        loss = None if labels is None else self.loss_function(labels.to(logits.device), logits.float(), self.config)
         output = ImageClassifierOutput(loss=loss, logits=logits,
                                        hidden_states=(tokens,) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()

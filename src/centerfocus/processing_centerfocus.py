@@ -133,7 +133,11 @@ class CenterFocusProcessor(ProcessorMixin):
         """`ProcessorMixin.save_pretrained`, writing the image-processor settings once, as `preprocessor_config.json`
         (the layout both lines read; transformers 5 would nest them in `processor_config.json`, where 4.57 and its
         image-to-text pipeline do not look, and a second copy could disagree with the first once edited)."""
+        had_auto_map = [hasattr(part, "auto_map") for part in (self, self.image_processor)]
         files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        for part, had in zip((self, self.image_processor), had_auto_map):
+            if not had and "auto_map" in vars(part):  # written to the files, not left on the objects: a saved
+                del part.auto_map                        # processor and the one loaded back compare equal
         if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
             files = [*files, *self.image_processor.save_pretrained(save_directory)]
         settings = _read_json(save_directory, "processor_config.json")

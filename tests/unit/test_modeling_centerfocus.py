@@ -60,7 +60,9 @@ def test_default_config_shapes():
     pixel_values = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         stem = model.model.encoder.vision_stem(pixel_values)
-        tokens = model.get_image_features(pixel_values)
+        features = model.get_image_features(pixel_values)
+    tokens = features.last_hidden_state
+    assert torch.equal(features.pooler_output, tokens)
     assert stem.shape == (2, 128, 14, 14)
     assert tokens.shape == (2, 196, 768)
     # the seed's stage geometry: 64 channels at 112x112, 128 channels at 56x56
