@@ -7,7 +7,7 @@ from typing import Optional, Union
 import numpy as np
 import transformers
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
 
@@ -91,6 +91,20 @@ def portable_tokenizer_config(folder: str) -> None:
             handle.write("\n")
 
 
+class CenterFocusTextKwargs(TextKwargs, total=False):
+    max_target_length: Optional[int]
+
+
+class CenterFocusImagesKwargs(ImagesKwargs, total=False):
+    num_channels: Optional[int]
+
+
+class CenterFocusProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: CenterFocusTextKwargs
+    images_kwargs: CenterFocusImagesKwargs
+    _defaults = {"text_kwargs": {"padding": True}, "common_kwargs": {"return_tensors": "pt"}}
+
+
 class CenterFocusProcessor(ProcessorMixin):
     r"""
     Wraps a [`CenterFocusImageProcessor`] and a tokenizer into one processor.
@@ -105,6 +119,7 @@ class CenterFocusProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
+    valid_processor_kwargs = CenterFocusProcessorKwargs
     if _TRANSFORMERS_4:
         image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
@@ -149,42 +164,49 @@ class CenterFocusProcessor(ProcessorMixin):
         portable_tokenizer_config(save_directory)
         return files
 
-    def __call__(
-        self,
-        images=None,
-        text: Optional[Union[str, list[str]]] = None,
-        text_target: Optional[Union[str, list[str]]] = None,
-        padding: Union[bool, str] = True,
-        max_length: Optional[int] = None,
-        max_target_length: Optional[int] = None,
-        return_tensors: Optional[str] = "pt",
-        **image_kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images=None, text: Optional[Union[str, list[str]]] = None,
+                 **kwargs: Unpack[CenterFocusProcessorKwargs]) -> BatchFeature:
         """
         Args:
             images: one image or a list (PIL, numpy, torch or image file paths); see [`CenterFocusImageProcessor`].
-            text: optional prompt(s) for the encoder, one per image (`str`; `bytes` are refused: decode them).
+            text: optional prompt(s) for the encoder, one per image (`str`; `bytes` are refused: decode them). An empty
+                prompt is no prompt.
             text_target: optional caption(s) to train on, one per image.
-            padding: tokenizer padding for prompts (labels are always padded to the longest caption).
+            padding: tokenizer padding for prompts, default `True` (labels are always padded to the longest caption).
             max_length: longest prompt in tokens; longer prompts are truncated with a warning. Defaults to the
                 tokenizer's `model_max_length` when that is a real limit (a trained CenterFocus folder sets it to
                 the model's `max_position_embeddings`), else no limit.
             max_target_length: longest caption in tokens including the eos token; truncated with a warning.
                 Defaults like `max_length`.
-            return_tensors: `"pt"`, `"np"` or None.
+            return_tensors: `"pt"` (default), `"np"` or None.
+            Other keyword arguments go to the image processor (`size`, `image_mean`, `device`, ...) or the tokenizer
+            (`add_special_tokens`, `pad_to_multiple_of`, ...), flat or as `images_kwargs={...}` / `text_kwargs={...}`,
+            as transformers' processors take them (`ProcessorMixin._merge_kwargs`; the tokenizer's own init settings,
+            e.g. its `padding`, are defaults).
         """
+        merged = self._merge_kwargs(CenterFocusProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs,
+                                    **kwargs)
+        text_kwargs, images_kwargs = dict(merged["text_kwargs"]), dict(merged["images_kwargs"])
+        text_target = text_kwargs.pop("text_target", None)
         if images is None and text is None and text_target is None:
             raise ValueError("Pass at least one of `images`, `text` or `text_target`.")
+        return_tensors = text_kwargs.pop("return_tensors", "pt")
+        images_kwargs.pop("return_tensors", None)
+        padding = text_kwargs.pop("padding", True)
+        max_length = text_kwargs.pop("max_length", None)
+        max_target_length = text_kwargs.pop("max_target_length", None)
         _check_length(max_length, "max_length")
         _check_length(max_target_length, "max_target_length")
         max_length = self._default_max_length() if max_length is None else max_length
         max_target_length = self._default_max_length() if max_target_length is None else max_target_length
+        for owned in ("truncation", "return_token_type_ids", "return_attention_mask"):  # set by the prompt encoding
+            text_kwargs.pop(owned, None)
         data = {}
         if images is not None:
-            data.update(self.image_processor(images, return_tensors=None, **image_kwargs))
+            data.update(self.image_processor(images, return_tensors=None, **images_kwargs))
         batch_size = len(data["pixel_values"]) if "pixel_values" in data else None
         if text is not None:
-            data.update(self._encode_prompts(_as_list(text, "text"), batch_size, padding, max_length))
+            data.update(self._encode_prompts(_as_list(text, "text"), batch_size, padding, max_length, text_kwargs))
         if text_target is not None:
             data["labels"] = self._encode_labels(_as_list(text_target, "text_target"), batch_size, max_target_length)
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -194,7 +216,8 @@ class CenterFocusProcessor(ProcessorMixin):
         limit = getattr(self.tokenizer, "model_max_length", None)
         return limit if isinstance(limit, int) and 0 < limit < _NO_LENGTH_LIMIT else None
 
-    def _encode_prompts(self, prompts: list[str], batch_size: Optional[int], padding, max_length) -> dict:
+    def _encode_prompts(self, prompts: list[str], batch_size: Optional[int], padding, max_length,
+                        tokenizer_kwargs: Optional[dict] = None) -> dict:
         """Prompts -> `input_ids` / `attention_mask`. An empty prompt is no prompt: it gets no tokens (a row of
         padding in a batch with other prompts; `(B, 0)` arrays when every prompt is empty, which the model reads as
         no prompt). transformers 5's image-text-to-text pipeline, which "image-to-text" now names, needs some text:
@@ -206,7 +229,7 @@ class CenterFocusProcessor(ProcessorMixin):
             empty = np.zeros((len(prompts), 0), dtype=np.int64)
             return {"input_ids": empty, "attention_mask": empty.copy()}
         encoded = self.tokenizer(given, padding=padding, truncation=max_length is not None, max_length=max_length,
-                                 return_token_type_ids=False, return_attention_mask=True)
+                                 return_token_type_ids=False, return_attention_mask=True, **(tokenizer_kwargs or {}))
         if max_length is not None:
             # verbose=False: the tokenizer's own "longer than the specified maximum" message would mislead here
             untruncated = self.tokenizer(given, return_attention_mask=False, verbose=False)["input_ids"]

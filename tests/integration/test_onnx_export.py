@@ -401,11 +401,13 @@ def test_prompt_encoder_takes_numpy_and_forward_takes_a_prompt_only_mask(tiny_mo
         expected = tiny_model(**batch, decoder_input_ids=decoder_input_ids).logits  # the PyTorch reference
         got = ort_model(encoder_outputs=plain, attention_mask=batch["attention_mask"],
                         decoder_input_ids=decoder_input_ids).logits
-    # Two runtimes, two sets of float32 kernels (GEMM blocking, fused attention): each op may round differently by a
-    # few ulp (2**-23 ~ 1.2e-7 relative), and the tiny model's unit-std weights carry that through its 4 layers at the
-    # scale of its largest activations, so the bound is relative to the largest logit. Measured: up to 9e-6 of it
-    # (1.44e-4 of 16); 2e-5 (~170 ulp) leaves a 2x margin. A fixed 1e-4, tuned on one machine, failed on others.
-    bound = 2e-5 * expected.abs().max().item()
+    # Two runtimes, two sets of float32 kernels (GEMM blocking, fused attention, the stem's convolutions): each op may
+    # round differently by a few ulp (2**-23 ~ 1.2e-7 relative), and the tiny model's unit-std weights amplify that
+    # through the stem and 4 layers, so the bound is relative to the largest logit. Measured: 9e-6 and 8e-5 of it for
+    # two random tiny models (a fixed 1e-4, tuned on one machine, failed on others). What this test guards, the
+    # prompt-only mask, moves logits by O(1) when wrong (a mask of ones: 8.8 of 15.1): 1e-3 of the largest logit
+    # keeps the two apart.
+    bound = 1e-3 * expected.abs().max().item()
     torch.testing.assert_close(got, expected, rtol=0, atol=bound)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))  # what a user sees: the same next tokens
 

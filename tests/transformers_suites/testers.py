@@ -9,16 +9,12 @@ import torch
 
 from centerfocus import CenterFocusConfig
 
+from ..conftest import tiny_config_kwargs as _tiny_config_kwargs
+
 
 def tiny_config_kwargs(as_lists: bool = False, **overrides) -> dict:
     """The tiny config of tests/conftest.py (`as_lists`: the tuple fields as lists, as they read back from JSON)."""
-    kwargs = dict(
-        vocab_size=64, hidden_size=32, num_attention_heads=4, encoder_layers=2, decoder_layers=2,
-        intermediate_size=64, max_position_embeddings=64, image_size=32, stem_channels=(8, 16),
-        stem_kernel_sizes=(3, 3), stem_strides=(2, 2), image_tokenizer_grid_size=8, foveated_center_size=4,
-        foveated_periphery_pool=2, local_attention_window=1, contrastive_dim=16,
-    )
-    kwargs.update(overrides)
+    kwargs = _tiny_config_kwargs(**overrides)
     if as_lists:
         kwargs = {key: list(value) if isinstance(value, tuple) else value for key, value in kwargs.items()}
     return kwargs
