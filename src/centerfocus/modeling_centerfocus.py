@@ -1303,9 +1303,9 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
-        cache_position: Optional[torch.LongTensor] = None,
         token_type_ids: Optional[torch.LongTensor] = None,
         past_key_values: Optional[EncoderDecoderCache] = None,
+        **kwargs,
     ) -> Union[tuple, CenterFocusSeq2SeqLMOutput]:
         r"""
         Args:
@@ -1322,9 +1322,13 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             encoder_outputs, cache, use_cache, output_attentions, output_hidden_states, return_dict:
                 As in transformers' encoder-decoder models.
             past_key_values: the cache under its transformers 4.x name (as `cache`; give one of the two).
-            cache_position: accepted for `generate()`; positions are derived from the cache.
+            kwargs: only `cache_position`, which transformers 4.57's `generate()` passes (positions are derived from the
+                cache; 5.x no longer creates it, and warns about remote code whose forward names it).
             token_type_ids: accepted so BERT-style tokenizer outputs can be passed as is; ignored.
         """
+        kwargs.pop("cache_position", None)
+        if kwargs:
+            raise TypeError(f"forward() got unexpected keyword arguments {sorted(kwargs)}.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         nar_targets = None
         if labels is not None:
@@ -1522,6 +1526,11 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
 
     @staticmethod
     def _encode_prompt_for_generation(encode, inputs_tensor, model_kwargs, model_input_name, generation_config):
+        if model_kwargs.get("encoder_outputs") is None and (inputs_tensor is None or inputs_tensor.ndim != 4):
+            # generate() invents `(batch, 1)` start tokens as the main input when pixel_values is missing
+            raise ValueError("generate() needs `pixel_values`: CenterFocus captions images, there is no image-free "
+                             "(unconditional) generation. To continue a caption, pass its start as "
+                             "`decoder_input_ids` together with the image.")
         if model_kwargs.get("input_ids") is None and model_kwargs.get("inputs_embeds") is None:
             # generate() invents a (B, C) mask from pixel_values when no prompt is given: drop it
             model_kwargs.pop("attention_mask", None)

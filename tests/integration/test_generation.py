@@ -150,3 +150,36 @@ def test_pipeline_default_length_on_a_plainly_saved_model(tokenizer, tiny_proces
     with torch.no_grad():
         expected = model.generate(**tiny_processor(images=images[:1]), max_length=model.config.max_position_embeddings)
     assert caption == tiny_processor.batch_decode(expected, skip_special_tokens=True)[0]
+
+
+def test_generate_continues_a_given_decoder_prefix(tiny_model, inputs):
+    # what a 5.x encoder-decoder user expects of generate(..., decoder_input_ids=prefix): the caption goes on from it
+    pixel_values = inputs["pixel_values"]
+    with torch.no_grad():
+        full = tiny_model.generate(pixel_values=pixel_values)
+        continued = tiny_model.generate(pixel_values=pixel_values, decoder_input_ids=full[:, :3])
+    assert torch.equal(continued[:, : full.shape[1]], full)
+    assert len({tuple(row.tolist()) for row in full}) > 1  # not a constant caption
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"decoder_input_ids": torch.ones(2, 2, dtype=torch.long)}],
+                         ids=["nothing", "decoder-prefix-only"])
+def test_generate_without_an_image_is_refused_naming_pixel_values(tiny_model, kwargs):
+    with pytest.raises(ValueError, match=r"generate\(\) needs `pixel_values`.*no image-free \(unconditional\)"):
+        tiny_model.generate(**kwargs)
+
+
+def test_generate_does_not_ask_for_cache_position(tiny_model, inputs):
+    from transformers.generation import utils as generation_utils
+    from transformers.testing_utils import CaptureLogger
+
+    with CaptureLogger(generation_utils.logger) as captured, torch.no_grad():
+        tiny_model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=2)
+    assert "cache_position" not in captured.out
+    # what 5.x's generate() checks (once per process, so the log above can miss it)
+    import inspect
+
+    assert "cache_position" not in inspect.signature(type(tiny_model).forward).parameters
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['positions'\\]"):
+        tiny_model(pixel_values=inputs["pixel_values"], decoder_input_ids=torch.ones(4, 1, dtype=torch.long),
+                   positions=None)
