@@ -170,6 +170,22 @@ def center_local_image_attention(coordinates: torch.Tensor, is_center: torch.Ten
     return is_center[:, None] | (distance <= window + 1e-6)
 
 
+def check_token_ids(name: str, ids: Optional[torch.Tensor], vocab_size: int, ignore_index: Optional[int] = None):
+    """Raise `ValueError` naming the tensor, the first id outside `[0, vocab_size)` and the vocabulary size, where the
+    embedding would end in "IndexError: index out of range in self". Skipped while tracing or compiling (a data-
+    dependent check would break the graph)."""
+    if ids is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    outside = (ids < 0) | (ids >= vocab_size)
+    if ignore_index is not None:
+        outside &= ids != ignore_index
+    if outside.any():
+        bad = ids[outside][0].item()
+        where = " (other than -100, which the loss ignores)" if ignore_index is not None else ""
+        raise ValueError(f"`{name}` holds token id {bad}{where}, outside the vocabulary of {vocab_size} ids "
+                         f"(0-{vocab_size - 1}): were they made with another tokenizer, or is `vocab_size` wrong?")
+
+
 def drop_empty_prompt(input_ids, attention_mask, inputs_embeds):
     """A zero-length prompt (`(B, 0)`, what the processor returns for `text=""`) is no prompt: `(None, None, None)`,
     so that it gives exactly the captions of the image alone."""
@@ -746,6 +762,22 @@ def validate_pixel_values(config: CenterFocusConfig, pixel_values: Optional[torc
     if tuple(pixel_values.shape[1:]) != expected:
         raise ValueError(f"`pixel_values` must have (num_channels, height, width) = {expected} for this model, got "
                          f"{tuple(pixel_values.shape[1:])}; preprocess images with CenterFocusImageProcessor.")
+    check_finite_pixel_values(pixel_values)
+
+
+def check_finite_pixel_values(pixel_values) -> None:
+    """Refuse NaN or infinite `pixel_values` (torch or numpy) with a `ValueError` saying how many and where they come
+    from: through the model they become captions that say nothing. Skipped while tracing or compiling."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    values = torch.as_tensor(pixel_values)
+    finite = torch.isfinite(values)
+    if not finite.all():
+        bad = int((~finite).sum())
+        images = sorted({int(i) for i in (~finite).flatten(1).any(dim=1).nonzero().flatten()})
+        raise ValueError(f"`pixel_values` holds {bad} NaN or infinite values (images {images[:8]}): a preprocessing "
+                         "step outside CenterFocusImageProcessor made them (the processor refuses such images); fix "
+                         "that step.")
 
 
 # Every Auto class a saved folder should answer to with `trust_remote_code=True` (save_pretrained records only one
@@ -955,6 +987,7 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
             image_tokens = image_tokens + self.modality_embedding.weight[0]
         if input_ids is None and inputs_embeds is None:
             return image_tokens
+        check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
         text = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         positions = torch.arange(text.shape[1], device=text.device)
         text = text + self.embed_positions(positions)
@@ -1082,6 +1115,7 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
             check_dynamic_cache(past_key_values)
 
         # 1. embed with absolute positions that continue after the cached prefix
+        check_token_ids("decoder_input_ids", input_ids, self.embed_tokens.num_embeddings)
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         query_length = hidden_states.shape[1]
@@ -1332,6 +1366,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         nar_targets = None
         if labels is not None:
+            check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
             use_cache = False
             if self.is_non_autoregressive and decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_inputs_embeds, decoder_attention_mask, nar_targets = self._mask_for_training(labels)
@@ -1526,8 +1561,9 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
 
     @staticmethod
     def _encode_prompt_for_generation(encode, inputs_tensor, model_kwargs, model_input_name, generation_config):
-        if model_kwargs.get("encoder_outputs") is None and (inputs_tensor is None or inputs_tensor.ndim != 4):
-            # generate() invents `(batch, 1)` start tokens as the main input when pixel_values is missing
+        if model_kwargs.get("encoder_outputs") is None and (inputs_tensor is None or (
+                inputs_tensor.ndim == 2 and not inputs_tensor.is_floating_point())):
+            # generate() invents `(batch, 1)` integer start tokens as the main input when pixel_values is missing
             raise ValueError("generate() needs `pixel_values`: CenterFocus captions images, there is no image-free "
                              "(unconditional) generation. To continue a caption, pass its start as "
                              "`decoder_input_ids` together with the image.")

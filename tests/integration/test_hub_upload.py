@@ -19,6 +19,7 @@ from huggingface_hub import CommitOperationAdd, ModelCard
 
 from centerfocus.tools import hub
 
+from ..conftest import make_image
 from ..fresh_process import run_without_package
 
 
@@ -367,3 +368,21 @@ def test_refresh_code_and_onnx_and_missing_auto_map(source_folder, tmp_path):
     processor_config = json.loads((tmp_path / "repo" / "processor_config.json").read_text())
     assert processor_config["auto_map"] == hub.PROCESSOR_AUTO_MAP
     assert "onnx" in ModelCard.load(tmp_path / "repo" / "README.md").data.tags
+
+
+def test_a_model_whose_caption_is_empty_passes_the_dry_run(saved_folder, tmp_path):
+    # a random "tiny-random" checkpoint or a briefly trained one can say nothing: an empty caption is a caption
+    folder = tmp_path / "silent"
+    shutil.copytree(saved_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation["suppress_tokens"] = [i for i in range(config["vocab_size"]) if i != config["eos_token_id"]]
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
+
+    model, processor = CenterFocusForConditionalGeneration.from_pretrained(folder), CenterFocusProcessor.from_pretrained(
+        folder)
+    assert processor.batch_decode(model.generate(**processor(images=[make_image(0)])), skip_special_tokens=True) == [""]
+    result = _run_cli(str(folder), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Dry run: nothing uploaded" in result.stdout

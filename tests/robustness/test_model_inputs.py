@@ -4,6 +4,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import pipeline
@@ -60,8 +61,8 @@ def test_generate_refuses_bad_inputs(tiny_model, case):
 
 
 def test_generate_without_pixel_values_is_refused(tiny_model):
-    # generate() stands a (batch, 1) start-token tensor in for the missing main input; the shape check refuses it
-    with torch.no_grad(), pytest.raises(ValueError, match=r"`pixel_values` must have shape .* got shape \(1, 1\)"):
+    # generate() stands a (batch, 1) start-token tensor in for the missing main input: refused naming pixel_values
+    with torch.no_grad(), pytest.raises(ValueError, match=r"generate\(\) needs `pixel_values`"):
         tiny_model.generate(input_ids=torch.tensor([[1, 5, 2]]))
 
 
@@ -128,3 +129,28 @@ def test_decoder_rows_not_matching_the_images_are_refused(tiny_model, argument):
     rows = torch.tensor([[5, 6, 2], [5, 7, 2]])
     with torch.no_grad(), pytest.raises(ValueError, match=r"Batch size mismatch: 3 images but .*2 rows"):
         tiny_model(pixel_values=torch.zeros(3, 3, 32, 32), **{argument: rows})
+
+
+@pytest.mark.parametrize(("name", "make"), [
+    ("labels", lambda v: {"labels": torch.tensor([[3, v, -100, 2]] * 2)}),
+    ("decoder_input_ids", lambda v: {"decoder_input_ids": torch.tensor([[1, v + 5]] * 2)}),
+    ("input_ids", lambda v: {"input_ids": torch.tensor([[1, -3]] * 2), "decoder_input_ids": torch.ones(2, 1, dtype=torch.long)}),
+], ids=["labels", "decoder_input_ids", "input_ids"])
+def test_token_ids_outside_the_vocabulary_are_named(tiny_model, tiny_processor, name, make):
+    vocab_size = tiny_model.config.vocab_size
+    kwargs = make(vocab_size)
+    bad = {"labels": vocab_size, "decoder_input_ids": vocab_size + 5, "input_ids": -3}[name]
+    with pytest.raises(ValueError, match=rf"`{name}` holds token id {bad}\b.*vocabulary of {vocab_size} ids"):
+        tiny_model(**tiny_processor(images=[make_image(0), make_image(1)]), **kwargs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_pixel_values_are_refused_by_forward_and_generate(tiny_model, tiny_processor, value):
+    pixel_values = tiny_processor(images=[make_image(0), make_image(1)])["pixel_values"]
+    pixel_values[1, 0, 3, 4] = value
+    with pytest.raises(ValueError, match=r"`pixel_values` holds 1 NaN or infinite values \(images \[1\]\)"):
+        tiny_model(pixel_values=pixel_values, decoder_input_ids=torch.ones(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        tiny_model.generate(pixel_values=pixel_values)
+    with pytest.raises(ValueError, match="NaN or infinite"):  # the processor, before: a float array with NaN
+        tiny_processor(images=[np.full((8, 8, 3), value, dtype=np.float32)])

@@ -33,7 +33,12 @@ from optimum.utils import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..configuration_centerfocus import CenterFocusConfig
-from ..modeling_centerfocus import CenterFocusEncoderOutput, cap_generated_length, encoder_attention_mask
+from ..modeling_centerfocus import (
+    CenterFocusEncoderOutput,
+    cap_generated_length,
+    check_finite_pixel_values,
+    encoder_attention_mask,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -157,6 +162,7 @@ class CenterFocusORTEncoder(ORTEncoder):
         if not uses_prompt and input_ids is not None:
             raise ValueError("This ONNX export was made with --variant image and cannot read a prompt; export with "
                              "--variant prompt to caption with prompts.")
+        check_finite_pixel_values(pixel_values)  # as the PyTorch model refuses them
         inputs = {"pixel_values": pixel_values}
         if uses_prompt:
             if input_ids.shape[1] == 0:
