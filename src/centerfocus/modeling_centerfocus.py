@@ -12,9 +12,11 @@ Shape legend used in comments and docstrings:
 
 import logging as std_logging
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -790,6 +792,21 @@ _AUTO_MAP = {
 }
 
 
+_DAMAGED_HINT = ("an interrupted copy or download leaves a file cut short: copy or download it again, or save the "
+                 "model again")
+
+
+def check_safetensors_file(path) -> None:
+    """Raise `OSError` naming `path` when its safetensors header cannot be read (a truncated or corrupted file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # SafetensorError, HeaderTooLarge, ...
+        raise OSError(f"{path} is damaged ({type(error).__name__}: {error}); {_DAMAGED_HINT}.") from None
+
+
 class _LoadReport(std_logging.Handler):
     """Keeps the load report transformers 5 logs from `from_pretrained` (ANSI colours removed)."""
 
@@ -837,7 +854,16 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
         with _LoadReport() as report:
             try:
                 return super().from_pretrained(*args, **kwargs)
-            except RuntimeError as error:
+            except Exception as error:
+                if "safetensor" in type(error).__name__.lower() or "deserializing header" in str(error):
+                    folder = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+                    if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+                        for path in sorted(Path(folder).glob("*.safetensors")):
+                            check_safetensors_file(path)  # OSError naming the damaged file
+                    raise OSError(f"Cannot read the weights of {folder} ({type(error).__name__}: {error}); "
+                                  f"{_DAMAGED_HINT}.") from None
+                if not isinstance(error, RuntimeError):
+                    raise
                 if "ignore_mismatched_sizes" not in str(error) or not report.text:
                     raise
                 raise RuntimeError(f"size mismatch: the checkpoint's weights do not have the shapes its config.json "

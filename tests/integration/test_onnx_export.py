@@ -417,3 +417,12 @@ def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting(saved_fo
     with pytest.raises(ValueError, match=rf"--opset must be between 14 .* and 20 .*got {opset}"):
         export.export_onnx(str(saved_folder), str(tmp_path / "onnx"), opset=opset)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_truncated_onnx_file_is_named(exports, tmp_path):
+    folder = tmp_path / "onnx"
+    shutil.copytree(exports["image"], folder)
+    data = (folder / "decoder_model.onnx").read_bytes()
+    (folder / "decoder_model.onnx").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(OSError, match=r"decoder_model\.onnx is damaged .*copy it again or export again"):
+        export.load_ort_model(str(folder), use_merged=False)

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors import SafetensorError
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
@@ -76,9 +75,10 @@ def _bad_offsets(folder):
 )
 @pytest.mark.parametrize("loader", [CenterFocusForConditionalGeneration, AutoModelForImageTextToText],
                          ids=["CenterFocus", "Auto"])
-def test_damaged_safetensors_raise_safetensor_error(saved_folder, tmp_path, mutate, message, loader):
+def test_damaged_safetensors_raise_naming_the_file(saved_folder, tmp_path, mutate, message, loader):
     folder = _variant(saved_folder, tmp_path, mutate)
-    with pytest.raises(SafetensorError, match=f"Error while deserializing header: {message}"):
+    with pytest.raises(OSError, match=rf"model\.safetensors is damaged \(SafetensorError: Error while deserializing "
+                                      rf"header: {message}.*\); .*copy or download it again"):
         loader.from_pretrained(folder)
 
 
@@ -291,3 +291,23 @@ def test_final_save_replaces_the_previous_model_when_nothing_fails(previous_run,
     assert (previous_run / "checkpoint-4" / "trainer_state.json").read_text() == "{}"
     assert (previous_run / "all_results.json").is_file()
     assert not [p.name for p in previous_run.iterdir() if p.name.startswith(".")]
+
+
+def _cut_short(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # what an interrupted copy leaves
+
+
+def test_truncated_weights_file_is_named_with_what_to_do(saved_folder, tmp_path):
+    folder = _variant(saved_folder, tmp_path, lambda f: _cut_short(f / "model.safetensors"))
+    with pytest.raises(OSError, match=r"model\.safetensors is damaged .*copy or download it again"):
+        CenterFocusForConditionalGeneration.from_pretrained(folder)
+
+
+def test_truncated_caption_index_is_named(saved_folder, tmp_path, images):
+    from centerfocus.tools.retrieval import CaptionIndex
+
+    CaptionIndex.build(str(saved_folder), images, ["a"] * len(images)).save(tmp_path / "index")
+    _cut_short(tmp_path / "index" / "embeddings.safetensors")
+    with pytest.raises(OSError, match=r"embeddings\.safetensors is damaged"):
+        CaptionIndex.load(tmp_path / "index")

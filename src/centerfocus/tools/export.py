@@ -382,7 +382,24 @@ def load_ort_model(onnx_dir: str, provider: str = "CPUExecutionProvider", provid
                       provider_options=[provider_options or {}, {}])
     else:
         kwargs.update(provider=provider, provider_options=provider_options)
-    return CenterFocusORTModelForVision2Seq.from_pretrained(onnx_dir, **kwargs)
+    try:
+        return CenterFocusORTModelForVision2Seq.from_pretrained(onnx_dir, **kwargs)
+    except Exception as error:
+        for path in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
+            _check_onnx_file(path, error)
+        raise
+
+
+def _check_onnx_file(path: Path, error: Exception) -> None:
+    """Raise `OSError` naming `path` when it does not parse as an ONNX model (a truncated or corrupted file)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as problem:
+        raise OSError(f"{path} is damaged ({type(problem).__name__}: {problem}; ONNX Runtime: {error}); an "
+                      "interrupted copy leaves a file cut short: copy it again or export again (centerfocus "
+                      "export).") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..modeling_centerfocus import CenterFocusForConditionalGeneration
+from ..modeling_centerfocus import CenterFocusForConditionalGeneration, check_safetensors_file
 from ..processing_centerfocus import CenterFocusProcessor
 
 
@@ -85,7 +85,12 @@ class CaptionIndex:
         for name in ("embeddings.safetensors", "captions.json"):
             if not (path / name).is_file():
                 raise ValueError(f"{folder} is not a caption index (no {name}); build one with `centerfocus index`.")
-        meta = json.loads((path / "captions.json").read_text())
+        check_safetensors_file(path / "embeddings.safetensors")  # OSError naming a truncated or corrupted file
+        try:
+            meta = json.loads((path / "captions.json").read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise OSError(f"{path / 'captions.json'} is damaged ({error}); rebuild the index with `centerfocus "
+                          "index` or copy it again.") from None
         embedding_model = meta.get("embedding_model")
         if embedding_model is not None:
             model_path = path / embedding_model  # a relative path is relative to the index; an absolute one stays
