@@ -203,3 +203,22 @@ def test_caption_refuses_bad_flag_values(saved_folder, capsys, flags, message):
         caption.caption_main(["--model", str(saved_folder), *flags, "x.png"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names", [("train", "test"), ("train",), ("img",)], ids=["train-and-test", "train", "none"])
+def test_a_flat_image_folder_with_split_named_files_keeps_its_captions(tmp_path, names):
+    # datasets assigns train_00000.png to "train" by name and leaves metadata.jsonl out: the captions were lost
+    rows = []
+    for prefix in names:
+        for i in range(3):
+            name = f"{prefix}_{i:05d}.png"
+            make_image(i).save(tmp_path / name)
+            rows.append({"file_name": name, "text": f"{prefix} caption {i}"})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = load_image_dataset(str(tmp_path), required_columns=("text",))
+    expected_splits = {"test": "test"}.get(names[-1], "train") if len(names) > 1 else "train"
+    assert set(data) == ({"train", expected_splits} if len(names) > 1 else {"train"})
+    for split in data:
+        assert sorted(data[split]["text"]) == sorted(row["text"] for row in rows
+                                                    if (split == "test") == row["file_name"].startswith("test"))
+    check_caption_dataset(data, "image", "text", "train")

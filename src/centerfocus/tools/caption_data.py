@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -78,11 +79,41 @@ def load_image_dataset(path_or_name: str, config_name: Optional[str] = None,
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
         if any(path.rglob("metadata.*")):
             check_image_folder(path, required_columns)
+            if any(path.glob("metadata.*")) and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.iterdir()):
+                return _load_flat_image_folder(path)
             return datasets.load_dataset("imagefolder", data_dir=str(path))
         return datasets.load_dataset(str(path), config_name)
     if path_or_name.startswith((".", "/", "~")):
         raise ValueError(f"Data set path {path_or_name!r} does not exist.")
     return datasets.load_dataset(path_or_name, config_name)
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# datasets' own split keywords in file names (its `data_files` patterns), first match wins
+_SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                "test": ("test", "testing", "eval", "evaluation")}
+
+
+def _split_of(file_name: str) -> str:
+    stem = file_name.lower()
+    for split, keywords in _SPLIT_NAMES.items():
+        if any(re.match(rf"{keyword}(?:[-._ 0-9]|$)", stem) for keyword in keywords):
+            return split
+    return "train"
+
+
+def _load_flat_image_folder(path: Path) -> datasets.DatasetDict:
+    """Images and their metadata side by side in one folder. `datasets` would assign files named after a split
+    (`train_00000.png`, `test_0.png`) to that split by name and leave the metadata file out of every split, losing
+    the captions; here every file is loaded as one split with its metadata, then divided by the same file-name
+    keywords (one split, "train", when the names carry none)."""
+    full = datasets.load_dataset("imagefolder", data_files={"train": str(path / "**")})["train"]
+    names = [Path(value["path"]).name for value in full.cast_column("image", datasets.Image(decode=False))["image"]]
+    splits = [_split_of(name) for name in names]
+    if len(set(splits)) <= 1:
+        return datasets.DatasetDict({splits[0] if splits else "train": full})
+    return datasets.DatasetDict({split: full.select([i for i, s in enumerate(splits) if s == split])
+                                 for split in _SPLIT_NAMES if split in splits})
 
 
 def _image_source(value) -> str:
