@@ -222,3 +222,40 @@ def test_a_flat_image_folder_with_split_named_files_keeps_its_captions(tmp_path,
         assert sorted(data[split]["text"]) == sorted(row["text"] for row in rows
                                                     if (split == "test") == row["file_name"].startswith("test"))
     check_caption_dataset(data, "image", "text", "train")
+
+
+@pytest.mark.parametrize("setting", ["1", None], ids=["terminal-or-asked", "not-a-terminal"])
+def test_captioning_many_images_shows_progress_on_a_terminal_only(saved_folder, tmp_path, capsys, monkeypatch,
+                                                                  setting):
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"image_{i}.png"))
+        make_image(i).save(paths[-1])
+    if setting is None:
+        monkeypatch.delenv("CENTERFOCUS_PROGRESS", raising=False)  # pytest's stderr is not a terminal
+    else:
+        monkeypatch.setenv("CENTERFOCUS_PROGRESS", setting)
+    caption.caption_main(["--model", str(saved_folder), "--batch_size", "2", *paths])
+    err = capsys.readouterr().err
+    assert ("Captioning: 100%" in err and "5/5" in err) == (setting == "1")
+
+
+def test_the_demo_trains_with_the_trainers_progress_bar_on_a_terminal(monkeypatch, tmp_path):
+    from centerfocus.tools import demo, train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(argv):
+        seen["argv"] = argv
+        raise Stop
+
+    monkeypatch.setattr(train, "main", fake_train)
+    for setting, expected in (("1", "false"), ("0", "true")):
+        monkeypatch.setenv("CENTERFOCUS_PROGRESS", setting)
+        with pytest.raises(Stop):
+            demo.main(["--output_dir", str(tmp_path / setting), "--num_train", "4", "--num_test", "2"])
+        argv = seen["argv"]
+        assert argv[argv.index("--disable_tqdm") + 1] == expected

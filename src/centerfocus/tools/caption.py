@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..processing_centerfocus import CenterFocusProcessor
+from .progress import progress
 
 
 def caption_main(argv: Optional[list[str]] = None) -> list[str]:
@@ -67,6 +68,7 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     if args.max_new_tokens:
         kwargs["max_new_tokens"] = args.max_new_tokens
     captions = []
+    bar = progress(total=len(args.images), desc="Captioning", unit="image")
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start:start + args.batch_size]
         images = [Image.open(path) for path in paths]
@@ -81,6 +83,8 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         for path, caption in zip(paths, batch):
             print(json.dumps({"image": path, "caption": caption.strip()}), flush=True)
         captions += batch
+        bar.update(len(batch))
+    bar.close()
     return captions
 
 

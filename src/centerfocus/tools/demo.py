@@ -21,6 +21,7 @@ import torch
 from ..modeling_centerfocus import CenterFocusCenterWeighting, CenterFocusForConditionalGeneration
 from ..processing_centerfocus import CenterFocusProcessor
 from .data import generate_caption_dataset
+from .progress import progress, progress_enabled
 
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,13 @@ def caption_images(model, processor, images, prompts: Optional[list[str]] = None
     """Greedy (or `generate_kwargs`) captions for a list of PIL images, with one optional prompt per image."""
     captions = []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), progress(total=len(images), desc="Captioning", unit="image") as bar:
         for start in range(0, len(images), batch_size):
             texts = None if prompts is None else prompts[start:start + batch_size]
             inputs = processor(images=images[start:start + batch_size], text=texts)
             output = model.generate(**inputs, **generate_kwargs)
             captions += [c.strip() for c in processor.batch_decode(output, skip_special_tokens=True)]
+            bar.update(len(output))
     return captions
 
 
@@ -135,7 +137,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "--warmup_ratio", "0.05", "--lr_scheduler_type", "cosine", "--weight_decay", "0.01",
         "--seed", str(args.seed), "--use_cpu", "true", "--do_eval", "false", "--eval_strategy", "no",
         "--save_strategy", "steps", "--save_steps", str(max(1, args.max_steps // 2)), "--logging_steps", "50",
-        "--max_target_length", "40", "--tokenizer_vocab_size", "200", "--disable_tqdm", "true",
+        "--max_target_length", "40", "--tokenizer_vocab_size", "200",
+        # the Trainer's progress bar on a terminal; its plain log lines where the output is not one (CI)
+        "--disable_tqdm", "false" if progress_enabled() else "true",
     ])
     train_seconds = time.perf_counter() - started
 

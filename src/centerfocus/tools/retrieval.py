@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..modeling_centerfocus import CenterFocusForConditionalGeneration, check_safetensors_file
 from ..processing_centerfocus import CenterFocusProcessor
+from .progress import progress
 
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def image_embeddings(model: CenterFocusForConditionalGeneration, processor: Cent
     """`(len(images), D)` L2-normalised mean encoder states of the image tokens."""
     model.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
+    for start in progress(range(0, len(images), batch_size), desc="Embedding images", unit="batch"):
         pixel_values = processor(images=images[start:start + batch_size])["pixel_values"]
         hidden = model.get_encoder()(pixel_values).last_hidden_state  # (B, N, D)
         chunks.append(torch.nn.functional.normalize(hidden.float().mean(1), dim=-1))
