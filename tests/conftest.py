@@ -74,6 +74,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2**-23: one ulp at 1.0
+
+
+def assert_close_at_scale(actual: torch.Tensor, expected: torch.Tensor, ulps: int, msg=None) -> None:
+    """`actual` and `expected` are two float32 computations of the same quantity that differ only in rounding (another
+    kernel, accumulation order or batch shape). Rounding errors grow with the values they round, so each element may
+    differ by `ulps` float32 ulps of the largest |expected| (the caller argues `ulps` from the computation), not by
+    a fixed tolerance tuned on one machine."""
+    scale = max(expected.detach().abs().max().item(), torch.finfo(torch.float32).tiny)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=ulps * FLOAT32_EPS * scale, msg=msg)
+
+
 def tiny_config_kwargs(**overrides) -> dict:
     kwargs = dict(
         vocab_size=64, hidden_size=32, num_attention_heads=4, encoder_layers=2, decoder_layers=2,

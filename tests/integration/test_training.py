@@ -18,7 +18,7 @@ from centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImage
 from centerfocus.tools import train
 from centerfocus.tools.data import generate_caption_dataset, generate_classification_dataset
 
-from ..conftest import pipeline_captions
+from ..conftest import assert_close_at_scale, pipeline_captions
 from ..fresh_process import run_without_package
 
 
@@ -139,7 +139,9 @@ def test_killed_run_resumes_to_the_same_weights(caption_data, tmp_path):
     initial = load_file(reference / "checkpoint-4" / "model.safetensors")
     assert any(not torch.equal(initial[k], expected[k]) for k in expected)  # steps 5-8 changed the weights
     for name in expected:
-        torch.testing.assert_close(resumed[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        # the same steps on the same data from the same state; only thread timing in reductions may round
+        # differently: 256 ulps of each weight tensor's largest entry (a lost step moves weights by ~lr, 1e-3)
+        assert_close_at_scale(resumed[name], expected[name], ulps=256, msg=name)
 
 
 def test_lora_trains_only_adapters_and_merges_exactly(caption_data, trained_folder, tmp_path):
