@@ -322,3 +322,40 @@ def test_refuses_foreign_directory_and_reuses_identical(tmp_path):
     with pytest.raises(ValueError):
         generate_classification_dataset(cls, num_per_class=2, image_size=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cls", "data", "empty", "file", "foreign"]
+
+
+def test_character_benchmark_scenes_show_what_their_captions_say(tmp_path):
+    import json as json_module
+
+    from centerfocus.tools.characters import TEST_FONTS, TRAIN_FONTS, font_dir, generate_character_dataset
+    from centerfocus.tools.data import COLORS
+
+    assert not set(TRAIN_FONTS) & set(TEST_FONTS)  # held-out styles
+    assert all((font_dir() / name).is_file() for name in TRAIN_FONTS + TEST_FONTS)  # matplotlib's own fonts
+    path = generate_character_dataset(tmp_path / "chars", num_train=30, num_test=10, image_size=96, seed=3)
+    assert generate_character_dataset(tmp_path / "chars", num_train=30, num_test=10, image_size=96, seed=3) == path
+    digits = set()
+    for split, count in (("train", 30), ("test", 10)):
+        rows = [json_module.loads(line) for line in (path / split / "metadata.jsonl").read_text().splitlines()]
+        assert len(rows) == count
+        for row in rows:
+            color, digit = row["center_phrase"].split()[1:]
+            assert row["text"].startswith(row["center_phrase"] + " in the centre") and digit == row["center_digit"]
+            digits.add(digit)
+            # the centre's ink is the caption's colour: every colour has a channel >= 200, the background and the
+            # clutter stay below 72 and 110 (blur and noise move them by some tens at most)
+            pixels = np.asarray(Image.open(path / split / row["file_name"]).convert("RGB"), dtype=float)[29:67, 29:67]
+            ink = pixels[pixels.max(axis=-1) > 150]
+            assert len(ink) > 20, row
+            nearest = min(COLORS, key=lambda name: np.abs(np.median(ink, axis=0) - COLORS[name]).sum())
+            assert nearest == color, row
+    assert len(digits) >= 8  # the identities vary
+
+
+def test_generate_data_selects_the_character_benchmark(tmp_path, capsys):
+    from centerfocus.tools.cli import main
+
+    assert main(["generate-data", "--kind", "characters", "--output_dir", str(tmp_path / "c"), "--num_train", "3",
+                 "--num_test", "2", "--image_size", "64"]) == 0
+    assert json.loads((tmp_path / "c" / "centerfocus_dataset.json").read_text())["kind"] == "characters"
+    assert len((tmp_path / "c" / "test" / "metadata.jsonl").read_text().splitlines()) == 2
