@@ -20,6 +20,15 @@ def tiny_config_kwargs(as_lists: bool = False, **overrides) -> dict:
     return kwargs
 
 
+_SIZES = ("vocab_size", "hidden_size", "num_attention_heads", "image_size", "num_channels", "num_image_tokens")
+
+
+def _copy_sizes(tester, config: CenterFocusConfig, *extra: str) -> None:
+    """The config fields the mixins read from a tester."""
+    for name in (*_SIZES, *extra):
+        setattr(tester, name, getattr(config, name))
+
+
 def _ids(shape, vocab_size: int, low: int = 3) -> torch.LongTensor:
     """Random token ids in [low, vocab_size): no pad (0), bos/decoder-start (1) or eos (2) inside a sequence."""
     return torch.randint(low, vocab_size, shape, dtype=torch.long)
@@ -38,18 +47,10 @@ class CenterFocusModelTester:
         self.use_prompt = use_prompt
         self.config_kwargs = tiny_config_kwargs(**config_overrides)
         config = CenterFocusConfig(**self.config_kwargs)
-        self.vocab_size = config.vocab_size
-        self.hidden_size = config.hidden_size
-        self.num_attention_heads = config.num_attention_heads
+        _copy_sizes(self, config, "intermediate_size", "pad_token_id", "decoder_start_token_id")
         self.num_hidden_layers = config.encoder_layers  # == decoder_layers: the mixins check both against this
         # get_image_features: the image tower is the CNN stem and tokenizer, no attention layers (one hidden state)
         self.vision_config = {"num_hidden_layers": 0}
-        self.intermediate_size = config.intermediate_size
-        self.image_size = config.image_size
-        self.num_channels = config.num_channels
-        self.pad_token_id = config.pad_token_id
-        self.decoder_start_token_id = config.decoder_start_token_id
-        self.num_image_tokens = config.num_image_tokens
         self.prompt_length = prompt_length if use_prompt else 0
         # encoder positions: image tokens then prompt tokens; every encoder query sees every encoder key
         self.encoder_seq_length = self.num_image_tokens + self.prompt_length
@@ -116,12 +117,7 @@ class CenterFocusForImageClassificationTester:
         # classifier is a vision-only model whose outputs are `ImageClassifierOutput`; the model never reads it
         self.config_kwargs = tiny_config_kwargs(num_labels=num_labels, is_encoder_decoder=False, **config_overrides)
         config = CenterFocusConfig(**self.config_kwargs)
-        self.vocab_size = config.vocab_size
-        self.hidden_size = config.hidden_size
-        self.num_attention_heads = config.num_attention_heads
-        self.image_size = config.image_size
-        self.num_channels = config.num_channels
-        self.num_image_tokens = config.num_image_tokens
+        _copy_sizes(self, config)
         # the classifier has no transformer layers: `hidden_states` is the one tuple entry of image tokens
         self.num_hidden_layers = 0
         self.expected_num_hidden_layers = 1
