@@ -11,6 +11,7 @@ logger = logging.get_logger(__name__)
 # Allowed values of every component switch, defined once. The modeling file maps the same strings to classes.
 CENTER_WEIGHTING_TYPES = ("gaussian", "none")
 CHANNEL_PRUNING_TYPES = ("topk", "none")
+STEM_NORM_TYPES = ("none", "batch", "group")
 EDGE_COMPENSATION_TYPES = ("conv", "none")
 EDGE_PRECISIONS = ("float32", "float16", "bfloat16")
 CHANNEL_ATTENTION_TYPES = ("se", "none")
@@ -24,6 +25,7 @@ DECODER_TYPES = ("autoregressive", "non_autoregressive")
 
 _SWITCHES = {
     "center_weighting_type": CENTER_WEIGHTING_TYPES,
+    "stem_norm_type": STEM_NORM_TYPES,
     "channel_pruning_type": CHANNEL_PRUNING_TYPES,
     "edge_compensation_type": EDGE_COMPENSATION_TYPES,
     "edge_precision": EDGE_PRECISIONS,
@@ -94,6 +96,11 @@ class CenterFocusConfig(PretrainedConfig):
         stem_channels (`tuple[int]`, *optional*, defaults to `(64, 128)`): Output channels of each CNN stem stage.
         stem_kernel_sizes (`tuple[int]`, *optional*, defaults to `(7, 3)`): Kernel size of each stem stage.
         stem_strides (`tuple[int]`, *optional*, defaults to `(2, 2)`): Stride of each stem stage.
+        stem_norm_type (`str`, *optional*, defaults to `"none"`): Normalisation after every stem convolution:
+            `"batch"` (BatchNorm, as ResNet), `"group"` (GroupNorm, independent of the batch) or `"none"` (the seed's
+            conv -> ReLU).
+        stem_residual_blocks (`tuple[int]`, *optional*): Residual basic blocks (two 3x3 convolutions and a skip, as
+            ResNet) after each stage's strided convolution. Defaults to none in every stage (the seed's stem).
         center_weighting_type (`str`, *optional*, defaults to `"gaussian"`): `"gaussian"` re-weights every stem
             stage with a centre-high mask `floor + (1 - floor) * exp(-r^2 / (2 sigma^2))`; `"none"` disables it.
         center_sigmas (`tuple[float]`, *optional*, defaults to `(0.2, 0.3)`): Initial sigma of each stage, in
@@ -186,6 +193,8 @@ class CenterFocusConfig(PretrainedConfig):
         stem_channels: tuple = (64, 128),
         stem_kernel_sizes: tuple = (7, 3),
         stem_strides: tuple = (2, 2),
+        stem_norm_type: Literal["none", "batch", "group"] = "none",
+        stem_residual_blocks: Optional[tuple] = None,
         center_weighting_type: Literal["gaussian", "none"] = "gaussian",
         center_sigmas: tuple = (0.2, 0.3),
         center_sigma_learnable: bool = True,
@@ -242,6 +251,9 @@ class CenterFocusConfig(PretrainedConfig):
         self.stem_channels = tuple(stem_channels)
         self.stem_kernel_sizes = tuple(stem_kernel_sizes)
         self.stem_strides = tuple(stem_strides)
+        self.stem_norm_type = stem_norm_type
+        self.stem_residual_blocks = (tuple(stem_residual_blocks) if stem_residual_blocks is not None
+                                     else (0,) * len(self.stem_channels))
         self.center_weighting_type = center_weighting_type
         self.center_sigmas = tuple(center_sigmas)
         self.center_sigma_learnable = center_sigma_learnable
@@ -351,12 +363,14 @@ class CenterFocusConfig(PretrainedConfig):
     def _validate_stem(self) -> None:
         n_stages = len(self.stem_channels)
         _check(n_stages >= 1, "`stem_channels` must name at least one stage.")
-        for name in ("stem_kernel_sizes", "stem_strides", "center_sigmas"):
+        for name in ("stem_kernel_sizes", "stem_strides", "center_sigmas", "stem_residual_blocks"):
             _check(len(getattr(self, name)) == n_stages,
                    f"`{name}` must have one entry per stem stage ({n_stages}), got {getattr(self, name)!r}.")
         for name in ("stem_channels", "stem_kernel_sizes", "stem_strides"):
             _check(all(isinstance(v, int) and v > 0 for v in getattr(self, name)),
                    f"`{name}` must hold positive integers, got {getattr(self, name)!r}.")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.stem_residual_blocks),
+               f"`stem_residual_blocks` must hold non-negative integers, got {self.stem_residual_blocks!r}.")
         # "same" padding (kernel // 2) keeps the size at stride 1 only for odd kernels; an even kernel adds a row and
         # a column, which the fixed token-grid pooling would silently drop
         _check(all(k % 2 == 1 for k in self.stem_kernel_sizes),

@@ -475,18 +475,48 @@ class CenterFocusEdgeCompensation(nn.Module):
         return features + branch.to(features.dtype) * periphery
 
 
+def stem_norm(config: CenterFocusConfig, channels: int) -> nn.Module:
+    """The stem's normalisation after a convolution (`config.stem_norm_type`)."""
+    return STEM_NORM_CLASSES[config.stem_norm_type](channels)
+
+
+class CenterFocusResidualBlock(nn.Module):
+    """ResNet's basic block: `relu(x + norm(conv(relu(norm(conv(x))))))` with 3x3 convolutions. The last norm's scale
+    starts at zero (Goyal et al., 2017), so a new block is the identity and a deeper stem trains as a shallow one."""
+
+    def __init__(self, config: CenterFocusConfig, channels: int):
+        super().__init__()
+        bias = config.stem_norm_type == "none"
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.norm1 = stem_norm(config, channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.norm2 = stem_norm(config, channels)
+        if hasattr(self.norm2, "weight"):
+            self.norm2.zero_init = True  # _init_weights zeroes its scale
+        else:
+            self.conv2.zero_init = True  # without a norm, the last convolution starts at zero instead
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        branch = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(features)))))
+        return F.relu(features + branch)
+
+
 class CenterFocusStemStage(nn.Module):
-    """One stem stage: conv -> ReLU -> centre weighting (design item 2)."""
+    """One stem stage: conv -> norm -> ReLU -> residual blocks -> centre weighting (design item 2). With the
+    defaults (no norm, no blocks) this is the seed's conv -> ReLU -> centre weighting."""
 
     def __init__(self, config: CenterFocusConfig, stage: int, in_channels: int):
         super().__init__()
-        kernel = config.stem_kernel_sizes[stage]
-        self.conv = nn.Conv2d(in_channels, config.stem_channels[stage], kernel_size=kernel,
-                              stride=config.stem_strides[stage], padding=kernel // 2)
+        kernel, channels = config.stem_kernel_sizes[stage], config.stem_channels[stage]
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size=kernel, stride=config.stem_strides[stage],
+                              padding=kernel // 2, bias=config.stem_norm_type == "none")
+        self.norm = stem_norm(config, channels)
+        self.blocks = nn.Sequential(*(CenterFocusResidualBlock(config, channels)
+                                      for _ in range(config.stem_residual_blocks[stage])))
         self.center_weighting = CENTER_WEIGHTING_CLASSES[config.center_weighting_type](config, stage)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.center_weighting(F.relu(self.conv(features)))
+        return self.center_weighting(self.blocks(F.relu(self.norm(self.conv(features)))))
 
 
 class CenterFocusConvStem(nn.Module):
@@ -735,6 +765,12 @@ MODALITY_EMBEDDING_CLASSES = {
     "none": lambda config: None,
 }
 MODALITY_GATE_CLASSES = {"dynamic": CenterFocusModalityGate, "none": _identity}
+STEM_NORM_CLASSES = {
+    "batch": nn.BatchNorm2d,
+    # 32 groups as in Wu & He (2018), fewer where the stage is narrower
+    "group": lambda channels: nn.GroupNorm(math.gcd(channels, 32), channels),
+    "none": _identity,
+}
 IMAGE_TOKEN_POOLING = {
     "grid_pool": lambda config: torch.eye(config.image_tokenizer_grid_size**2, dtype=torch.float32),
     "foveated": lambda config: foveation_matrix(config.image_tokenizer_grid_size, config.foveated_center_size,
@@ -900,9 +936,19 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Conv2d):
             # fan-in scaling keeps the stem's activations O(1) (ResNet/timm); a fixed small std would make the image
             # signal vanish under the position embeddings before training starts
-            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if getattr(module, "zero_init", False):  # last conv of a residual block without a norm
+                init.zeros_(module.weight)
+            else:
+                init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            (init.zeros_ if getattr(module, "zero_init", False) else init.ones_)(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:

@@ -16,6 +16,7 @@ def test_defaults_reproduce_the_seed():
     assert config.stem_kernel_sizes == (7, 3)
     assert config.stem_strides == (2, 2)
     assert config.center_sigmas == (0.2, 0.3)
+    assert config.stem_norm_type == "none" and config.stem_residual_blocks == (0, 0)  # conv -> ReLU, as the seed
     assert config.channel_pruning_keep_ratio == 0.5
     assert config.channel_pruning_reduction == 4
     assert (config.hidden_size, config.num_attention_heads, config.encoder_layers, config.decoder_layers) == (
@@ -75,6 +76,9 @@ def test_decoder_text_config_names_layers_for_the_cache():
         ("stem_kernel_sizes", (3,)),
         ("stem_kernel_sizes", (4, 4)),
         ("center_sigmas", (0.2, -0.1)),
+        ("stem_norm_type", "layer"),
+        ("stem_residual_blocks", (1,)),
+        ("stem_residual_blocks", (0, -1)),
         ("center_weighting_floor", 1.0),
         ("center_region_size", 0.0),
         ("channel_pruning_keep_ratio", 0.0),
@@ -123,6 +127,7 @@ def test_unknown_keys_warn():
     [
         (modeling.CENTER_WEIGHTING_CLASSES, cfg_module.CENTER_WEIGHTING_TYPES),
         (modeling.CHANNEL_PRUNING_CLASSES, cfg_module.CHANNEL_PRUNING_TYPES),
+        (modeling.STEM_NORM_CLASSES, cfg_module.STEM_NORM_TYPES),
         (modeling.EDGE_COMPENSATION_CLASSES, cfg_module.EDGE_COMPENSATION_TYPES),
         (modeling.EDGE_PRECISION_DTYPES, cfg_module.EDGE_PRECISIONS),
         (modeling.CHANNEL_ATTENTION_CLASSES, cfg_module.CHANNEL_ATTENTION_TYPES),

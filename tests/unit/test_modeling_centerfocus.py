@@ -28,6 +28,8 @@ SWITCHES = [
     {"contrastive_loss_weight": 0.5},
     {"center_loss_weight": 0.5},
     {"encoder_layers": 0},
+    {"stem_norm_type": "batch"},
+    {"stem_norm_type": "group"},
     {"decoder_type": "non_autoregressive"},
     # everything on
     {"edge_compensation_type": "conv", "image_tokenizer_type": "foveated", "encoder_attention_type": "center_local",
@@ -107,6 +109,51 @@ def test_switch_forward_backward_every_parameter_gets_gradient(overrides):
 def test_switched_off_components_build_no_parameters(overrides, absent):
     names = [name for name, _ in _model(**overrides).named_parameters()]
     assert not any(absent in name for name in names)
+
+
+RESIDUAL_STEMS = [{"stem_norm_type": norm, "stem_residual_blocks": (1, 2)} for norm in ("batch", "group", "none")]
+
+
+@pytest.mark.parametrize("overrides", RESIDUAL_STEMS, ids=lambda o: o["stem_norm_type"])
+def test_residual_stem_blocks_start_as_the_identity(overrides):
+    # the reference is the same stem without blocks, sharing every other weight: a new block must not change it
+    deep = _model(**overrides).eval()
+    shallow = _model(stem_norm_type=overrides["stem_norm_type"]).eval()
+    missing, unexpected = shallow.load_state_dict(deep.state_dict(), strict=False)
+    assert missing == [] and unexpected and all(".blocks." in key for key in unexpected)
+    pixel_values = _batch(deep.config)["pixel_values"]
+    with torch.no_grad():
+        torch.testing.assert_close(deep.model.encoder.vision_stem(pixel_values), shallow.model.encoder.vision_stem(pixel_values),
+                                   rtol=0, atol=0)  # relu(x + 0) = x for x = relu(.) >= 0: exactly equal
+
+
+@pytest.mark.parametrize("overrides", RESIDUAL_STEMS, ids=lambda o: o["stem_norm_type"])
+def test_residual_stem_trains_every_parameter_after_one_step(overrides):
+    # a zero-initialised last scale blocks the gradient of its block's first conv until it has moved once (ResNet)
+    model = _model(**overrides).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = _batch(model.config)
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model(**batch).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_batch_norm_stem_keeps_its_running_statistics_through_save_and_load(tmp_path):
+    model = _model(stem_norm_type="batch", stem_residual_blocks=(1, 1)).train()
+    batch = _batch(model.config)
+    with torch.no_grad():
+        model(**batch)  # one training forward moves the running statistics away from their (0, 1) start
+    norm = model.model.encoder.vision_stem.stages[0].norm
+    assert norm.running_mean.abs().sum() > 0 and int(norm.num_batches_tracked) == 1
+    model.eval().save_pretrained(tmp_path)
+    loaded = CenterFocusForConditionalGeneration.from_pretrained(tmp_path).eval()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
 
 
 def test_gaussian_mask_peaks_at_centre_and_matches_float64_formula():
