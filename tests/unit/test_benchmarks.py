@@ -3,10 +3,12 @@ captioner comparison (no timings are asserted)."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -136,3 +138,44 @@ def test_onnx_latency_pairs_each_held_out_image_with_its_own_reference(tmp_path,
     assert references == [by_name[name] for name in names]
     assert len(images) == 3 and images[0].mode == "RGB"
     assert onnx_latency.load_images(None, 2, 64)[1] is None  # random scenes carry no references
+
+
+def load_learning_quality():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("learning_quality", BENCHMARKS / "learning_quality.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_learning_quality_scores_captions_against_the_character_metadata(tmp_path):
+    from centerfocus.tools.characters import generate_character_dataset
+
+    quality = load_learning_quality()
+    rows = quality.read_split(generate_character_dataset(tmp_path / "chars", num_train=2, num_test=12, image_size=64))
+    truth = [r["text"] for r in rows]
+    perfect = quality.score(rows, truth)
+    assert perfect["centre_identity_exact_match"] == perfect["centre_phrase_exact_match"] == 1.0
+    assert perfect["full_caption_exact_match"] == 1.0
+    assert np.trace(np.array(perfect["confusion"])) == len(rows)
+    # every centre digit moved by one: identity and phrase are all wrong, and the confusion says where they went
+    shifted = [re.sub(r"^(an? \w+) (\d)", lambda m: f"{m.group(1)} {(int(m.group(2)) + 1) % 10}", t) for t in truth]
+    wrong = quality.score(rows, shifted)
+    assert wrong["centre_identity_exact_match"] == wrong["centre_phrase_exact_match"] == 0.0
+    confusion = np.array(wrong["confusion"])
+    for r in rows:
+        assert confusion[int(r["center_digit"]), (int(r["center_digit"]) + 1) % 10] >= 1
+    # a caption that names no centre digit is counted in the "none" column
+    silent = quality.score(rows, ["a red square"] * len(rows))
+    assert np.array(silent["confusion"])[:, 10].sum() == len(rows)
+
+
+def test_learning_quality_refuses_a_folder_that_is_not_the_character_benchmark(tmp_path):
+    quality = load_learning_quality()
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="center_digit"):
+        quality.read_split(tmp_path)

@@ -1,0 +1,178 @@
+"""How well captioners trained with `centerfocus train` read the centre of the character benchmark (issue 15).
+
+    centerfocus generate-data --kind characters --output_dir chars
+    centerfocus train --dataset chars --output_dir runs/small --model_size small \\
+        --config_overrides encoder_layers=4,decoder_layers=4,image_size=224 --max_steps 600 \\
+        --per_device_train_batch_size 32 --learning_rate 5e-4 --warmup_steps 50 --logging_steps 50
+    python benchmarks/learning_quality.py --data chars --run small=runs/small --run bn5=runs/bn5 \\
+        --out docs/benchmarks/learning_quality.json --plots docs/benchmarks
+
+For each run folder (a saved model with its processor and `trainer_state.json`): greedy captions of the held-out
+test split (fonts disjoint from training), then
+- centre identity exact match: the digit named for the centre equals the scene's (`center_digit` in the metadata);
+- centre phrase exact match (colour and digit) and full-caption exact match (every edge digit too);
+- the 10x10 confusion of the centre digit (rows: truth, columns: the caption's digit; "none" when it names none);
+- training FLOPs per example (torch.utils.flop_counter over one forward + backward at the run's caption length).
+`--plots` writes the learning curves (training loss against step) and each run's confusion as PNGs (matplotlib).
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+CENTRE = re.compile(r"^an? (\w+) (\d) in the centre")
+DIGITS = [str(d) for d in range(10)]
+
+
+def read_split(data: Path, split: str = "test") -> list[dict]:
+    rows = [json.loads(line) for line in (data / split / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    if not rows or "center_digit" not in rows[0]:
+        raise ValueError(f"{data / split} is not the character benchmark (no `center_digit` in its metadata); "
+                         "write it with `centerfocus generate-data --kind characters`.")
+    return rows
+
+
+def centre_of(caption: str) -> tuple[str, str]:
+    """(colour, digit) the caption names for the centre, or ("", "none")."""
+    match = CENTRE.match(caption.strip())
+    return (match.group(1), match.group(2)) if match else ("", "none")
+
+
+def score(rows: list[dict], captions: list[str]) -> dict:
+    named = [centre_of(c) for c in captions]
+    truth = [r["center_digit"] for r in rows]
+    confusion = np.zeros((10, 11), dtype=int)  # the last column: the caption names no centre digit
+    for t, (_, d) in zip(truth, named):
+        confusion[int(t), 10 if d == "none" else int(d)] += 1
+    return {
+        "centre_identity_exact_match": float(np.mean([d == t for (_, d), t in zip(named, truth)])),
+        "centre_phrase_exact_match": float(np.mean([[c, d] == r["center_phrase"].split()[-2:]
+                                                    for (c, d), r in zip(named, rows)])),
+        "full_caption_exact_match": float(np.mean([c.strip() == r["text"] for c, r in zip(captions, rows)])),
+        "confusion": confusion.tolist(),
+        "examples": [{"truth": r["text"], "caption": c} for r, c in list(zip(rows, captions))[:5]],
+    }
+
+
+def training_flops_per_example(model, processor, rows: list[dict], data: Path, batch: int = 4) -> tuple[float, float]:
+    """FLOPs of one training example for `model` and for VisionEncoderDecoder at its sizes (same captions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows[:batch]]
+    inputs = processor(images=images, text=None)
+    labels = processor.tokenizer([r["text"] for r in rows[:batch]], padding=True, return_tensors="pt").input_ids
+    labels[labels == processor.tokenizer.pad_token_id] = -100
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=inputs["pixel_values"], labels=labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return counter.get_total_flops() / batch, ved_training_flops_per_example(model.config, labels)
+
+
+def ved_training_flops_per_example(config, labels: torch.Tensor) -> float:
+    """The same count for VisionEncoderDecoder (ViT, patch 16 + BERT decoder) at the run's width, depth, vocabulary
+    and caption length: the comparison issue 15 sets (random weights; FLOPs do not depend on them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertLMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
+
+    sizes = dict(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
+                 intermediate_size=config.intermediate_size)
+    vit = ViTModel(ViTConfig(num_hidden_layers=config.encoder_layers, image_size=config.image_size, patch_size=16,
+                             **sizes), add_pooling_layer=False)
+    bert = BertLMHeadModel(BertConfig(vocab_size=config.vocab_size, num_hidden_layers=config.decoder_layers,
+                                      is_decoder=True, add_cross_attention=True, **sizes))
+    model = VisionEncoderDecoderModel(encoder=vit, decoder=bert).train()
+    model.config.decoder_start_token_id, model.config.pad_token_id = config.decoder_start_token_id, config.pad_token_id
+    pixel_values = torch.randn(labels.shape[0], 3, config.image_size, config.image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+    return counter.get_total_flops() / labels.shape[0]
+
+
+def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict]) -> dict:
+    from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
+    from centerfocus.tools.demo import caption_images
+
+    model = CenterFocusForConditionalGeneration.from_pretrained(folder)
+    processor = CenterFocusProcessor.from_pretrained(folder)
+    images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
+    captions = caption_images(model, processor, images, max_new_tokens=40)
+    result = {"run": name, "folder": str(folder), **score(rows, captions)}
+    flops, ved_flops = training_flops_per_example(model, processor, rows, data)
+    result["training_gflops_per_example"] = flops / 1e9
+    result["ved_training_gflops_per_example"] = ved_flops / 1e9
+    state = folder / "trainer_state.json"
+    if state.exists():
+        history = json.loads(state.read_text())["log_history"]
+        result["loss_curve"] = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        result["train_runtime_s"] = next((h["train_runtime"] for h in history if "train_runtime" in h), None)
+    result["config"] = {k: v for k, v in model.config.to_diff_dict().items()
+                        if k.startswith(("stem_", "image_tokenizer", "center_", "encoder_layers", "decoder_layers",
+                                         "hidden_size", "image_size", "contrastive", "foveated"))}
+    return result
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for r in results:
+        if r.get("loss_curve"):
+            steps, losses = zip(*r["loss_curve"])
+            axis.plot(steps, losses, label=f"{r['run']} (centre {r['centre_identity_exact_match']:.2f})")
+    axis.set(xlabel="step", ylabel="training loss", yscale="log", title="Character benchmark: learning curves")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "learning_quality_curves.png", dpi=120)
+    for r in results:
+        figure, axis = plt.subplots(figsize=(5, 4))
+        axis.imshow(np.array(r["confusion"]), cmap="Blues")
+        axis.set(xticks=range(11), xticklabels=[*DIGITS, "-"], yticks=range(10), yticklabels=DIGITS,
+                 xlabel="digit the caption names", ylabel="centre digit",
+                 title=f"{r['run']}: centre identity {r['centre_identity_exact_match']:.2f}")
+        figure.tight_layout()
+        figure.savefig(out / f"learning_quality_confusion_{r['run']}.png", dpi=120)
+    plt.close("all")
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="The character benchmark's folder.")
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER", help="A trained run.")
+    parser.add_argument("--out", type=Path, help="JSON report.")
+    parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
+    args = parser.parse_args(argv)
+    rows = read_split(args.data)
+    results = []
+    for spec in args.run:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            parser.error(f"--run takes NAME=FOLDER, got {spec!r}")
+        results.append(evaluate_run(name, Path(folder), args.data, rows))
+        r = results[-1]
+        print(f"{name:12s} centre identity {r['centre_identity_exact_match']:.3f}  centre phrase "
+              f"{r['centre_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
+              f"{r['training_gflops_per_example']:.2f} GFLOP/example (VED at its sizes: "
+              f"{r['ved_training_gflops_per_example']:.2f})", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.plots:
+        plot(results, args.plots)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
