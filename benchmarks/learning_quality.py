@@ -19,12 +19,17 @@ test split (fonts disjoint from training), then
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-import torch
+from common import count_cpu_flash_attention
+from compare_captioners import training_flops  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from PIL import Image
+
+from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
+from centerfocus.tools.caption_data import CaptionCollator
+from centerfocus.tools.demo import caption_images
 
 
 CENTRE = re.compile(r"^an? (\w+) (\d) in the centre")
@@ -61,59 +66,55 @@ def score(rows: list[dict], captions: list[str]) -> dict:
     }
 
 
-def training_flops_per_example(model, processor, rows: list[dict], data: Path, batch: int = 4) -> tuple[float, float]:
-    """FLOPs of one training example for `model` and for VisionEncoderDecoder at its sizes (same captions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows[:batch]]
-    inputs = processor(images=images, text=None)
-    labels = processor.tokenizer([r["text"] for r in rows[:batch]], padding=True, return_tensors="pt").input_ids
-    labels[labels == processor.tokenizer.pad_token_id] = -100
-    model.train()
-    with FlopCounterMode(display=False) as counter:
-        model(pixel_values=inputs["pixel_values"], labels=labels).loss.backward()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    return counter.get_total_flops() / batch, ved_training_flops_per_example(model.config, labels)
-
-
-def ved_training_flops_per_example(config, labels: torch.Tensor) -> float:
-    """The same count for VisionEncoderDecoder (ViT, patch 16 + BERT decoder) at the run's width, depth, vocabulary
-    and caption length: the comparison issue 15 sets (random weights; FLOPs do not depend on them)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def training_flops_per_example(model, collator: CaptionCollator, features: list[dict]) -> tuple[float, float]:
+    """FLOPs of one training example for `model` and for VisionEncoderDecoder (ViT, patch 16 + BERT decoder) at its
+    width, depth and vocabulary, on the batch `centerfocus train`'s collator makes of `features`: the comparison
+    issue 15 sets (random VED weights; FLOPs do not depend on them)."""
     from transformers import BertConfig, BertLMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
+    config, batch = model.config, collator(features)
+    pixel_values, labels = batch["pixel_values"], batch["labels"]
     sizes = dict(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
                  intermediate_size=config.intermediate_size)
     vit = ViTModel(ViTConfig(num_hidden_layers=config.encoder_layers, image_size=config.image_size, patch_size=16,
-                             **sizes), add_pooling_layer=False)
+                             num_channels=config.num_channels, **sizes), add_pooling_layer=False)
     bert = BertLMHeadModel(BertConfig(vocab_size=config.vocab_size, num_hidden_layers=config.decoder_layers,
                                       is_decoder=True, add_cross_attention=True, **sizes))
-    model = VisionEncoderDecoderModel(encoder=vit, decoder=bert).train()
-    model.config.decoder_start_token_id, model.config.pad_token_id = config.decoder_start_token_id, config.pad_token_id
-    pixel_values = torch.randn(labels.shape[0], 3, config.image_size, config.image_size)
-    with FlopCounterMode(display=False) as counter:
-        model(pixel_values=pixel_values, labels=labels).loss.backward()
-    return counter.get_total_flops() / labels.shape[0]
+    ved = VisionEncoderDecoderModel(encoder=vit, decoder=bert)
+    ved.config.decoder_start_token_id, ved.config.pad_token_id = config.decoder_start_token_id, config.pad_token_id
+    counts = []
+    for captioner in (model, ved):
+        captioner.train()
+        counts.append(training_flops(captioner, lambda p, y, m=captioner: m(pixel_values=p, labels=y).loss,
+                                     pixel_values, labels) / len(features))
+    model.eval()
+    return counts[0], counts[1]
+
+
+def last_trainer_state(folder: Path) -> Optional[dict]:
+    """The Trainer's log of a run: `trainer_state.json` of the folder, or of its latest `checkpoint-N` (what
+    `centerfocus train` leaves)."""
+    states = [folder / "trainer_state.json"]
+    states += sorted(folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    found = [p for p in states if p.exists()]
+    return json.loads(found[-1].read_text()) if found else None
 
 
 def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict]) -> dict:
-    from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
-    from centerfocus.tools.demo import caption_images
-
     model = CenterFocusForConditionalGeneration.from_pretrained(folder)
     processor = CenterFocusProcessor.from_pretrained(folder)
     images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
-    captions = caption_images(model, processor, images, max_new_tokens=40)
+    # greedy with the run's saved generation config: the captions a user of the folder gets
+    captions = caption_images(model, processor, images)
     result = {"run": name, "folder": str(folder), **score(rows, captions)}
-    flops, ved_flops = training_flops_per_example(model, processor, rows, data)
+    features = [{"image": image, "text": r["text"]} for image, r in list(zip(images, rows))[:4]]
+    flops, ved_flops = training_flops_per_example(model, CaptionCollator(processor), features)
     result["training_gflops_per_example"] = flops / 1e9
     result["ved_training_gflops_per_example"] = ved_flops / 1e9
-    state = folder / "trainer_state.json"
-    if state.exists():
-        history = json.loads(state.read_text())["log_history"]
+    state = last_trainer_state(folder)
+    if state is not None:
+        history = state["log_history"]
         result["loss_curve"] = [(h["step"], h["loss"]) for h in history if "loss" in h]
-        result["train_runtime_s"] = next((h["train_runtime"] for h in history if "train_runtime" in h), None)
     result["config"] = {k: v for k, v in model.config.to_diff_dict().items()
                         if k.startswith(("stem_", "image_tokenizer", "center_", "encoder_layers", "decoder_layers",
                                          "hidden_size", "image_size", "contrastive", "foveated"))}
@@ -154,6 +155,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     args = parser.parse_args(argv)
+    count_cpu_flash_attention()  # CPU SDPA's flash kernel is invisible to torch's FLOP counter otherwise
     rows = read_split(args.data)
     results = []
     for spec in args.run:
@@ -175,4 +177,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
