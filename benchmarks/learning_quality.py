@@ -26,6 +26,8 @@ import numpy as np
 from common import count_cpu_flash_attention
 from compare_captioners import training_flops  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from PIL import Image
+from train_ved import build_ved
+from transformers import AutoConfig, VisionEncoderDecoderModel
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
 from centerfocus.tools.caption_data import CaptionCollator
@@ -66,29 +68,15 @@ def score(rows: list[dict], captions: list[str]) -> dict:
     }
 
 
-def training_flops_per_example(model, collator: CaptionCollator, features: list[dict]) -> tuple[float, float]:
-    """FLOPs of one training example for `model` and for VisionEncoderDecoder (ViT, patch 16 + BERT decoder) at its
-    width, depth and vocabulary, on the batch `centerfocus train`'s collator makes of `features`: the comparison
-    issue 15 sets (random VED weights; FLOPs do not depend on them)."""
-    from transformers import BertConfig, BertLMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
-
-    config, batch = model.config, collator(features)
-    pixel_values, labels = batch["pixel_values"], batch["labels"]
-    sizes = dict(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
-                 intermediate_size=config.intermediate_size)
-    vit = ViTModel(ViTConfig(num_hidden_layers=config.encoder_layers, image_size=config.image_size, patch_size=16,
-                             num_channels=config.num_channels, **sizes), add_pooling_layer=False)
-    bert = BertLMHeadModel(BertConfig(vocab_size=config.vocab_size, num_hidden_layers=config.decoder_layers,
-                                      is_decoder=True, add_cross_attention=True, **sizes))
-    ved = VisionEncoderDecoderModel(encoder=vit, decoder=bert)
-    ved.config.decoder_start_token_id, ved.config.pad_token_id = config.decoder_start_token_id, config.pad_token_id
-    counts = []
-    for captioner in (model, ved):
-        captioner.train()
-        counts.append(training_flops(captioner, lambda p, y, m=captioner: m(pixel_values=p, labels=y).loss,
-                                     pixel_values, labels) / len(features))
+def training_flops_per_example(model, collator: CaptionCollator, features: list[dict]) -> float:
+    """FLOPs of one training example (forward + backward, torch.utils.flop_counter) on the batch `centerfocus
+    train`'s collator makes of `features`."""
+    batch = collator(features)
+    model.train()
+    flops = training_flops(model, lambda p, y: model(pixel_values=p, labels=y).loss, batch["pixel_values"],
+                           batch["labels"])
     model.eval()
-    return counts[0], counts[1]
+    return flops / len(features)
 
 
 def last_trainer_state(folder: Path) -> Optional[dict]:
@@ -100,17 +88,28 @@ def last_trainer_state(folder: Path) -> Optional[dict]:
     return json.loads(found[-1].read_text()) if found else None
 
 
+def load_run(folder: Path):
+    """The trained captioner in `folder`: CenterFocus, or VisionEncoderDecoder trained by train_ved.py."""
+    if AutoConfig.from_pretrained(folder).model_type == "vision-encoder-decoder":
+        return VisionEncoderDecoderModel.from_pretrained(folder)
+    return CenterFocusForConditionalGeneration.from_pretrained(folder)
+
+
 def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict]) -> dict:
-    model = CenterFocusForConditionalGeneration.from_pretrained(folder)
+    model = load_run(folder)
     processor = CenterFocusProcessor.from_pretrained(folder)
     images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
     # greedy with the run's saved generation config: the captions a user of the folder gets
     captions = caption_images(model, processor, images)
-    result = {"run": name, "folder": str(folder), **score(rows, captions)}
-    features = [{"image": image, "text": r["text"]} for image, r in list(zip(images, rows))[:4]]
-    flops, ved_flops = training_flops_per_example(model, CaptionCollator(processor), features)
-    result["training_gflops_per_example"] = flops / 1e9
-    result["ved_training_gflops_per_example"] = ved_flops / 1e9
+    result = {"run": name, "folder": str(folder), "model_type": model.config.model_type, **score(rows, captions)}
+    features = [{"image": image, "text": r["text"]} for image, r in list(zip(images, rows))[:32]]
+    collator = CaptionCollator(processor)
+    result["training_gflops_per_example"] = training_flops_per_example(model, collator, features) / 1e9
+    if isinstance(model, CenterFocusForConditionalGeneration):
+        # VisionEncoderDecoder at the same width, depth, image size and vocabulary (random weights: FLOPs do not
+        # depend on them), the comparison issue 15 sets
+        ved = build_ved(model.config)
+        result["ved_training_gflops_per_example"] = training_flops_per_example(ved, collator, features) / 1e9
     state = last_trainer_state(folder)
     if state is not None:
         history = state["log_history"]
@@ -164,10 +163,11 @@ def main(argv=None) -> list[dict]:
             parser.error(f"--run takes NAME=FOLDER, got {spec!r}")
         results.append(evaluate_run(name, Path(folder), args.data, rows))
         r = results[-1]
+        ved = r.get("ved_training_gflops_per_example")
         print(f"{name:12s} centre identity {r['centre_identity_exact_match']:.3f}  centre phrase "
               f"{r['centre_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
-              f"{r['training_gflops_per_example']:.2f} GFLOP/example (VED at its sizes: "
-              f"{r['ved_training_gflops_per_example']:.2f})", flush=True)
+              f"{r['training_gflops_per_example']:.2f} GFLOP/example"
+              + (f" (VED at its sizes: {ved:.2f})" if ved else ""), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

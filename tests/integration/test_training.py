@@ -270,6 +270,35 @@ def test_stage_one_weights_arrive_and_frozen_layers_stay(tmp_path, caption_data)
     assert not torch.equal(trained["model.encoder.image_tokenizer.proj.weight"], stage1["image_tokenizer.proj.weight"])
 
 
+def test_stage_one_reads_labels_from_a_metadata_column(tmp_path):
+    """A captioning folder whose metadata carries a label (the character benchmark's `center_digit`) is a labelled
+    folder for stage 1: the values become the classes, in sorted order, and the evaluation split uses the same ids."""
+    from centerfocus.tools import pretrain
+    from centerfocus.tools.characters import generate_character_dataset
+
+    data = generate_character_dataset(tmp_path / "chars", num_train=40, num_test=8, image_size=64, seed=2)
+    rows = {split: [json.loads(line) for line in (data / split / "metadata.jsonl").read_text().splitlines()]
+            for split in ("train", "test")}
+    vision = tmp_path / "vision"
+    metrics = pretrain.main(["--dataset", str(data), "--label_column", "center_digit", "--output_dir", str(vision),
+                             "--model_size", "tiny", "--max_steps", "2", "--per_device_train_batch_size", "8",
+                             "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
+                             "--save_strategy", "no"])
+    config = CenterFocusForImageClassification.from_pretrained(vision).config
+    expected = sorted({r["center_digit"] for r in rows["train"]})
+    assert [config.id2label[i] for i in range(config.num_labels)] == expected
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0  # the test split was encoded with the training ids
+
+    # a label that training never has cannot get an id: refused, naming it
+    test_rows = rows["test"]
+    test_rows[0]["center_digit"] = "x"
+    (data / "test" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    with pytest.raises(ValueError, match=r"center_digit.*'x'"):
+        pretrain.main(["--dataset", str(data), "--label_column", "center_digit", "--output_dir", str(tmp_path / "v2"),
+                       "--model_size", "tiny", "--max_steps", "1", "--use_cpu", "true", "--report_to", "none",
+                       "--disable_tqdm", "true", "--save_strategy", "no"])
+
+
 def test_text_init_copies_bert_weights(tmp_path, tokenizer):
     from transformers import BertConfig, BertModel
 

@@ -1,8 +1,9 @@
 """`centerfocus pretrain-vision`: stage 1 of the design's staged training, the CNN as an image classifier.
 
 Trains a CenterFocusForImageClassification with the HF Trainer on an image folder of class sub-folders
-(`datasets` imagefolder: `train/<class>/*.png`, optionally `test/<class>/*.png`). The saved folder initialises a
-captioner's vision weights with `centerfocus train --vision_init FOLDER`.
+(`datasets` imagefolder: `train/<class>/*.png`, optionally `test/<class>/*.png`), or on images labelled by a metadata
+column (`--label_column center_digit` on the character benchmark's folder). The saved folder initialises a captioner's
+vision weights with `centerfocus train --vision_init FOLDER`.
 """
 
 import logging
@@ -10,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+import datasets
 import numpy as np
 import torch
 from transformers import HfArgumentParser, IntervalStrategy, Trainer, TrainingArguments, set_seed
@@ -36,9 +38,12 @@ logger = logging.getLogger(__name__)
 class PretrainArguments:
     """Stage-1 data and model."""
 
-    dataset: str = field(metadata={"help": "Image folder with one sub-folder per class (imagefolder convention)."})
+    dataset: str = field(metadata={"help": "Image folder with one sub-folder per class (imagefolder convention), or "
+                                           "images with a label column in metadata.jsonl/csv (--label_column)."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    label_column: str = field(default="label", metadata={
+        "help": "Column holding the class labels: the class sub-folders' `label`, or a metadata column of names or "
+                "numbers (e.g. the character benchmark's `center_digit`)."})
     model_size: str = field(default="small", metadata={"help": f"Vision preset: {sorted(MODEL_PRESETS)}."})
     config_overrides: Optional[str] = field(default=None, metadata={"help": "CenterFocusConfig overrides k=v,..."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Image size (overrides the preset)."})
@@ -60,6 +65,31 @@ class ClassificationCollator:
         return {"pixel_values": pixel_values["pixel_values"], "labels": labels}
 
 
+def class_labels(train, evaluation, column: str):
+    """`train` and `evaluation` with `column` as a `ClassLabel`: class sub-folders give one already; a metadata column
+    of names or numbers (`metadata.jsonl` beside the images, e.g. the character benchmark's `center_digit`) is
+    encoded with the sorted values seen in training, and the evaluation split with the same ids. A label the
+    training split never has is refused, naming it."""
+    if isinstance(train.features[column], datasets.ClassLabel):
+        return train, evaluation
+    values = train.unique(column)
+    if any(v is None for v in values):
+        raise ValueError(f"The label column {column!r} has empty values in the training split.")
+    names = sorted({str(v) for v in values})
+    feature = datasets.ClassLabel(names=names)
+
+    def encode(split, name):
+        unknown = sorted({str(v) for v in split.unique(column)} - set(names))
+        if unknown:
+            raise ValueError(f"The {name} split's label column {column!r} has values the training split never has: "
+                             f"{unknown[:5]}.")
+        split = split.map(lambda value: {column: feature.str2int(str(value))}, input_columns=column,
+                          desc=f"Encoding {column}")
+        return split.cast_column(column, feature)
+
+    return encode(train, "training"), None if evaluation is None else encode(evaluation, "evaluation")
+
+
 def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
                     evaluate_when_possible: bool = False) -> dict:
     """Train and save the stage-1 classifier; returns the metrics. With `evaluate_when_possible` (the command's
@@ -75,6 +105,8 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
         if column not in train.column_names:
             raise ValueError(f"The stage-1 data set has no column {column!r}; columns: {train.column_names}. Use "
                              "class sub-folders (imagefolder) or --label_column.")
+    evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
+    train, evaluation = class_labels(train, evaluation, args.label_column)
     names = train.features[args.label_column].names
     if args.image_size:
         kwargs["image_size"] = args.image_size
@@ -84,7 +116,6 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
     model = CenterFocusForImageClassification(config)
     image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size},
                                                 num_channels=config.num_channels)
-    evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
     if evaluation is None and evaluate_when_possible:
         training_args.eval_strategy = IntervalStrategy.NO
 
