@@ -243,7 +243,9 @@ def test_stage_one_weights_arrive_and_frozen_layers_stay(tmp_path, caption_data)
     vision = tmp_path / "vision"
     from centerfocus.tools import pretrain
 
+    # a normalised stem with a residual block: every stem field, not only the seed's, must reach the captioner
     pretrain.main(["--dataset", str(classes), "--output_dir", str(vision), "--model_size", "tiny", "--max_steps", "3",
+                   "--config_overrides", "stem_norm_type=batch,stem_residual_blocks=0|1",
                    "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none",
                    "--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"])
     stage1 = CenterFocusForImageClassification.from_pretrained(vision).state_dict()

@@ -239,6 +239,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
 
 
 _VISION_FIELDS = ("image_size", "num_channels", "hidden_size", "stem_channels", "stem_kernel_sizes", "stem_strides",
+                  "stem_norm_type", "stem_residual_blocks",
                   "center_weighting_type", "center_sigmas", "center_sigma_learnable", "center_weighting_floor",
                   "center_region_size", "channel_pruning_type", "channel_pruning_keep_ratio",
                   "channel_pruning_reduction", "edge_compensation_type", "edge_precision", "channel_attention_type",
@@ -325,13 +326,24 @@ def load_text_weights(model: CenterFocusForConditionalGeneration, path: str) -> 
     return copied
 
 
+def _keep_in_eval_mode(module: torch.nn.Module, args) -> None:
+    """Forward pre-hook of a frozen batch norm: the Trainer switches the model to training mode every step."""
+    module.eval()
+
+
 def freeze_vision_layers(model: CenterFocusForConditionalGeneration, count: int) -> list[str]:
-    """Freeze the first `count` image-encoder layers; returns the names of the frozen parameters."""
+    """Freeze the first `count` image-encoder layers; returns the names of the frozen parameters. A frozen layer's
+    batch norms are frozen too (timm's and detectron2's frozen BatchNorm): they normalise with their stored statistics
+    and never update them, so the frozen layers compute in training what they compute at inference and are saved
+    unchanged."""
     layers = model.model.encoder.vision_layers()
     if count > len(layers):
         raise ValueError(f"--freeze_vision_layers {count}: the model has only {len(layers)} image-encoder layers.")
     for layer in layers[:count]:
         layer.requires_grad_(False)
+        for module in layer.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
+                module.register_forward_pre_hook(_keep_in_eval_mode)
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     logger.info(f"Froze {count} image-encoder layers ({len(frozen)} tensors).")
     return frozen
