@@ -24,7 +24,7 @@ from transformers import BertConfig, BertLMHeadModel, VisionEncoderDecoderModel,
 from centerfocus import CenterFocusConfig
 from centerfocus.tools.caption_data import check_caption_dataset, load_image_dataset
 from centerfocus.tools.train import (
-    _parse_overrides,
+    apply_overrides,
     check_output_dir,
     parse_args,
     prepare_tokenizer,
@@ -79,8 +79,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if data_args.max_train_samples:
         train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]))
-    fields = preset(model_args.model_size)
-    fields.update(_parse_overrides(model_args.config_overrides))
+    fields = apply_overrides(preset(model_args.model_size), model_args.config_overrides)
     if data_args.image_size:
         fields["image_size"] = data_args.image_size
     fields.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

@@ -14,7 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification, CenterFocusProcessor
+from centerfocus import (
+    CenterFocusConfig,
+    CenterFocusForConditionalGeneration,
+    CenterFocusForImageClassification,
+    CenterFocusProcessor,
+)
 from centerfocus.tools import train
 from centerfocus.tools.data import generate_caption_dataset, generate_classification_dataset
 
@@ -384,6 +389,20 @@ def test_config_overrides_are_validated():
         train._parse_overrides("hiden_size=3")
     assert train._parse_overrides("stem_channels=8|16,image_tokenizer_type=foveated") == {
         "stem_channels": (8, 16), "image_tokenizer_type": "foveated"}
+
+
+def test_overrides_with_another_number_of_stem_stages_drop_the_presets_per_stage_fields():
+    four = {"stem_channels": (8, 16, 32, 64), "stem_strides": (2, 2, 2, 2), "stem_kernel_sizes": (3, 3, 3, 3),
+            "center_sigmas": (0.2, 0.3, 0.4, 0.5), "stem_norm_type": "batch"}
+    # two stages given: the preset's four strides, kernels and sigmas go, the rest of the preset stays
+    fields = train.apply_overrides(dict(four), "stem_channels=16|32,stem_kernel_sizes=5|3")
+    assert fields == {"stem_channels": (16, 32), "stem_kernel_sizes": (5, 3), "stem_norm_type": "batch"}
+    config = CenterFocusConfig(**fields, image_size=64, image_tokenizer_grid_size=8)
+    assert config.stem_strides == CenterFocusConfig().stem_strides
+    assert config.center_sigmas == CenterFocusConfig().center_sigmas
+    # the same number of stages: only what the overrides name changes
+    same = train.apply_overrides(dict(four), "stem_channels=4|8|16|32")
+    assert same == {**four, "stem_channels": (4, 8, 16, 32)}
 
 
 def test_lora_without_merging_saves_the_plain_base_model(caption_data, trained_folder, tmp_path):

@@ -24,7 +24,7 @@ from .caption_data import load_image_dataset
 from .train import (
     MODEL_PRESETS,
     CenterFocusTrainingArguments,
-    _parse_overrides,
+    apply_overrides,
     check_output_dir,
     preset,
     with_default_flags,
@@ -110,7 +110,7 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
     names = train.features[args.label_column].names
     if args.image_size:
         kwargs["image_size"] = args.image_size
-    kwargs.update(_parse_overrides(args.config_overrides))
+    apply_overrides(kwargs, args.config_overrides)
     config = CenterFocusConfig(**kwargs, num_labels=len(names), id2label=dict(enumerate(names)),
                                label2id={n: i for i, n in enumerate(names)})
     model = CenterFocusForImageClassification(config)

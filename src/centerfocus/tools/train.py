@@ -161,6 +161,26 @@ class DataArguments:
     retrieval_k: int = field(default=2, metadata={"help": "Captions retrieved per image."})
 
 
+# one entry per stem stage: a preset's values only fit its own number of stages
+_PER_STAGE_FIELDS = ("stem_kernel_sizes", "stem_strides", "center_sigmas", "stem_residual_blocks")
+
+
+def apply_overrides(fields: dict, text: Optional[str]) -> dict:
+    """`fields` (a preset's config fields) updated with `--config_overrides`. When the overrides give the stem another
+    number of stages, the preset's per-stage fields that the overrides do not restate are dropped, so that
+    `stem_channels=16|32` on a four-stage preset builds the seed's two-stage stem instead of failing on four strides."""
+    overrides = _parse_overrides(text)
+    if "stem_channels" in overrides:
+        stages = overrides["stem_channels"]
+        count = len(stages) if isinstance(stages, (tuple, list)) else 1
+        if count != len(fields.get("stem_channels", ())):
+            for name in _PER_STAGE_FIELDS:
+                if name not in overrides:
+                    fields.pop(name, None)
+    fields.update(overrides)
+    return fields
+
+
 def _parse_overrides(text: Optional[str]) -> dict:
     """`"a=1,b=x,c=2|3"` -> `{"a": 1, "b": "x", "c": (2, 3)}` (JSON values where they parse)."""
     overrides, fields = {}, CenterFocusConfig().to_dict()
@@ -218,7 +238,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
         kwargs.update(_vision_config_fields(model_args.vision_init))
     if model_args.text_init:
         kwargs.update(_text_config_fields(model_args.text_init))
-    kwargs.update(_parse_overrides(model_args.config_overrides))
+    apply_overrides(kwargs, model_args.config_overrides)
     if data_args.image_size:  # the explicit flag wins over the preset and over --config_overrides
         kwargs["image_size"] = data_args.image_size
     for name in ("contrastive_loss_weight", "center_loss_weight", "decoder_type", "nar_iterations"):
