@@ -12,7 +12,7 @@ logger = logging.get_logger(__name__)
 CENTER_WEIGHTING_TYPES = ("gaussian", "none")
 CHANNEL_PRUNING_TYPES = ("topk", "none")
 STEM_NORM_TYPES = ("none", "batch", "group")
-EDGE_COMPENSATION_TYPES = ("conv", "none")
+EDGE_COMPENSATION_TYPES = ("conv", "stem", "none")
 EDGE_PRECISIONS = ("float32", "float16", "bfloat16")
 CHANNEL_ATTENTION_TYPES = ("se", "none")
 IMAGE_TOKENIZER_TYPES = ("grid_pool", "foveated")
@@ -116,9 +116,13 @@ class CenterFocusConfig(PretrainedConfig):
         channel_pruning_keep_ratio (`float`, *optional*, defaults to 0.5): Fraction of channels kept in the periphery.
         channel_pruning_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the channel gate.
         edge_compensation_type (`str`, *optional*, defaults to `"none"`): `"conv"` adds a light depthwise-separable
-            conv branch on the periphery of the last stem stage (design item 10); `"none"` disables it.
-        edge_precision (`str`, *optional*, defaults to `"float32"`): Dtype the edge-compensation branch computes in;
-            `"float16"`/`"bfloat16"` run the periphery in half precision while centre and text stay in float32.
+            conv branch on the periphery of the last stem stage (design item 10); `"stem"` adds, outside the centre
+            region, the output of a light CNN of its own on the image (the stem's kernels and strides at half its
+            widths, no centre weighting), which keeps the periphery readable under strong centre weighting;
+            `"none"` disables it.
+        edge_precision (`str`, *optional*, defaults to `"float32"`): Dtype the `"conv"` edge-compensation branch
+            computes in; `"float16"`/`"bfloat16"` run the periphery in half precision while centre and text stay in
+            float32.
         channel_attention_type (`str`, *optional*, defaults to `"se"`): `"se"` applies squeeze-excitation channel
             attention to the pooled feature map before projection; `"none"` disables it.
         channel_attention_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the SE block.
@@ -392,7 +396,7 @@ class CenterFocusConfig(PretrainedConfig):
         _check(self.image_tokenizer_grid_size <= side and side % self.image_tokenizer_grid_size == 0,
                f"`image_tokenizer_grid_size` ({self.image_tokenizer_grid_size}) must divide the stem's output grid "
                f"({side} = image_size / total stride): the pooling windows are fixed (exportable) and equal.")
-        _check(self.edge_precision == "float32" or self.edge_compensation_type != "none",
+        _check(self.edge_precision == "float32" or self.edge_compensation_type == "conv",
                f"`edge_precision`={self.edge_precision!r} needs `edge_compensation_type='conv'` (it sets the dtype "
                "of that branch).")
 

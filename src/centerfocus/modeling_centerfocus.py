@@ -475,6 +475,34 @@ class CenterFocusEdgeCompensation(nn.Module):
         return features + branch.to(features.dtype) * periphery
 
 
+class CenterFocusEdgeStem(nn.Module):
+    """Edge compensation from the image itself (`edge_compensation_type="stem"`): a light CNN of its own, with the
+    main stem's kernels and strides at half its widths (at least 8 channels), conv -> norm -> ReLU per stage and no
+    centre weighting, projected to the last stage's channels by a 1x1 convolution and added outside the centre
+    region. The centre-weighted stages normalise after every weighting, so with a low floor they compound into
+    erasing the periphery; this branch gives the peripheral cells features that no weighting has touched."""
+
+    reads_pixels = True
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        layers, in_channels = [], config.num_channels
+        for kernel, stride, channels in zip(config.stem_kernel_sizes, config.stem_strides, config.stem_channels):
+            width = max(8, channels // 2)
+            layers += [nn.Conv2d(in_channels, width, kernel_size=kernel, stride=stride, padding=kernel // 2,
+                                 bias=config.stem_norm_type == "none"), stem_norm(config, width), nn.ReLU()]
+            in_channels = width
+        self.layers = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(in_channels, config.stem_channels[-1], kernel_size=1)
+        self.center_region_size = config.center_region_size
+
+    def forward(self, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Add `proj(layers(pixel_values))` to `features` `(B, c, h, w)` outside the centre."""
+        branch = self.proj(self.layers(pixel_values))  # (B, c, h, w)
+        center = center_region_mask(branch.shape[-2], branch.shape[-1], self.center_region_size, branch.device)
+        return features + branch * (~center).to(branch.dtype)[None, None]
+
+
 def stem_norm(config: CenterFocusConfig, channels: int) -> nn.Module:
     """The stem's normalisation after a convolution (`config.stem_norm_type`)."""
     return STEM_NORM_CLASSES[config.stem_norm_type](channels)
@@ -535,12 +563,13 @@ class CenterFocusConvStem(nn.Module):
         """`(B, C, H, W)` -> `(B, stem_channels[-1], G, G)`."""
         # channels-last spares oneDNN a layout copy of the 112x112 feature map in the convolutions' backward
         # (measured: ~6% of a design-size training step on CPU); values are unchanged
-        features = pixel_values.contiguous(memory_format=torch.channels_last)
+        features = pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         for stage in self.stages:
             features = stage(features)
         pruned = self.channel_pruning(features)
         if not isinstance(self.edge_compensation, nn.Identity):
-            pruned = self.edge_compensation(pruned, features)
+            source = pixel_values if getattr(self.edge_compensation, "reads_pixels", False) else features
+            pruned = self.edge_compensation(pruned, source)
         window = pruned.shape[-1] // self.grid_size  # the config guarantees an exact division
         return F.avg_pool2d(pruned, kernel_size=window, stride=window)
 
@@ -747,6 +776,7 @@ CHANNEL_PRUNING_CLASSES = {
 EDGE_COMPENSATION_CLASSES = {
     "conv": lambda config: CenterFocusEdgeCompensation(config.stem_channels[-1], config.center_region_size,
                                                        config.edge_precision),
+    "stem": CenterFocusEdgeStem,
     "none": _identity,
 }
 CHANNEL_ATTENTION_CLASSES = {

@@ -17,6 +17,10 @@ SWITCHES = [
     {"edge_compensation_type": "conv"},
     {"edge_compensation_type": "conv", "edge_precision": "bfloat16"},
     {"edge_compensation_type": "conv", "edge_precision": "float16"},
+    # (with 4 hidden units, this draw of the SE block's first layer starts with all of them inactive on this batch:
+    # 16 keep its gradient independent of the draw)
+    {"edge_compensation_type": "stem", "channel_attention_reduction": 1},
+    {"edge_compensation_type": "stem", "stem_norm_type": "batch"},
     {"channel_attention_type": "none"},
     {"image_tokenizer_type": "foveated"},
     {"position_embedding_type": "sincos_2d"},
@@ -179,6 +183,42 @@ def test_sigma_gets_a_gradient_through_the_loss():
     for stage in model.model.encoder.vision_stem.stages:
         assert stage.center_weighting.log_sigma.grad is not None
         assert stage.center_weighting.log_sigma.grad.abs() > 0
+
+
+def test_edge_stem_reads_the_periphery_that_compounded_centre_weighting_erases():
+    """Four normalised stages with a 0.01 floor scale the periphery down at every stage and renormalise, so the
+    peripheral cells of the stem's output hardly depend on the peripheral pixels; the edge stem's cells do, and it
+    leaves the centre cells exactly as they were."""
+    kwargs = tiny_config_kwargs(stem_channels=(8, 8, 8, 8), stem_kernel_sizes=(3, 3, 3, 3), stem_strides=(2, 2, 2, 2),
+                                center_sigmas=(0.2, 0.3, 0.4, 0.5), stem_norm_type="batch",
+                                center_weighting_floor=0.01, channel_pruning_type="none", image_size=128,
+                                image_tokenizer_grid_size=8)
+    torch.manual_seed(0)
+    plain = CenterFocusForConditionalGeneration(CenterFocusConfig(**kwargs)).model.encoder.vision_stem.eval()
+    torch.manual_seed(0)
+    edged = CenterFocusForConditionalGeneration(CenterFocusConfig(**kwargs, edge_compensation_type="stem"))
+    edged = edged.model.encoder.vision_stem.eval()
+    edged.load_state_dict(plain.state_dict(), strict=False)  # the same main stem; the branch is extra
+    # batch statistics of the images themselves, as in training, so that the normalisation re-centres every stage
+    for module in (*plain.modules(), *edged.modules()):
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.train()
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(4, 3, 128, 128, generator=generator)
+    changed = pixels.clone()
+    center = modeling.center_region_mask(8, 8, 0.5)
+    changed[:, :, :16, :] = torch.rand(4, 3, 16, 128, generator=generator)  # the top band of pixels only
+    with torch.no_grad():
+        before_plain, after_plain = plain(pixels), plain(changed)
+        before_edged, after_edged = edged(pixels), edged(changed)
+    assert before_edged.shape == before_plain.shape == (4, 8, 8, 8)
+    assert torch.equal(before_edged[:, :, center], before_plain[:, :, center])  # the branch adds outside only
+    top = torch.zeros(8, 8, dtype=torch.bool)
+    top[0] = True
+    # how much the top cells move when the top pixels change, relative to their own scale
+    plain_change = (after_plain - before_plain)[:, :, top].abs().mean() / before_plain[:, :, top].abs().mean()
+    edged_change = (after_edged - before_edged)[:, :, top].abs().mean() / before_edged[:, :, top].abs().mean()
+    assert edged_change > 10 * plain_change
 
 
 def test_periphery_keeps_exactly_the_configured_fraction_of_channels():
