@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from common import count_cpu_flash_attention
 from compare_captioners import training_flops  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from PIL import Image
@@ -79,6 +80,22 @@ def training_flops_per_example(model, collator: CaptionCollator, features: list[
     return flops / len(features)
 
 
+def stage_one_cost(folder: Path, images: list) -> dict:
+    """What a stage-1 run (`centerfocus pretrain-vision`, whose folder initialised a run with `--vision_init`) cost:
+    the classifier's training FLOPs per example on `images` and the examples it trained on (its steps times its
+    batch, from `all_results.json`)."""
+    from centerfocus import CenterFocusForImageClassification, CenterFocusImageProcessor
+
+    classifier = CenterFocusForImageClassification.from_pretrained(folder).train()
+    pixel_values = CenterFocusImageProcessor.from_pretrained(folder)(images, return_tensors="pt")["pixel_values"]
+    labels = torch.zeros(len(images), dtype=torch.long)
+    flops = training_flops(classifier, lambda p, y: classifier(pixel_values=p, labels=y).loss, pixel_values, labels)
+    results = json.loads((folder / "all_results.json").read_text())
+    examples = round(results["train_samples_per_second"] * results["train_runtime"])
+    return {"stage1_folder": str(folder), "stage1_gflops_per_example": flops / len(images) / 1e9,
+            "stage1_examples": examples, "stage1_eval_accuracy": results.get("eval_accuracy")}
+
+
 def last_trainer_state(folder: Path) -> Optional[dict]:
     """The Trainer's log of a run: `trainer_state.json` of the folder, or of its latest `checkpoint-N` (what
     `centerfocus train` leaves)."""
@@ -95,7 +112,7 @@ def load_run(folder: Path):
     return CenterFocusForConditionalGeneration.from_pretrained(folder)
 
 
-def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict]) -> dict:
+def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict], stage1: Optional[Path] = None) -> dict:
     model = load_run(folder)
     processor = CenterFocusProcessor.from_pretrained(folder)
     images = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
@@ -114,6 +131,16 @@ def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict]) -> dict:
     if state is not None:
         history = state["log_history"]
         result["loss_curve"] = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        # what the whole run cost: every example it trained on, and the stage-1 run before it
+        examples = state["global_step"] * state["train_batch_size"]
+        result["training_examples"] = examples
+        result["training_tflops"] = result["training_gflops_per_example"] * examples / 1e3
+        if "ved_training_gflops_per_example" in result:
+            result["ved_training_tflops"] = result["ved_training_gflops_per_example"] * examples / 1e3
+    if stage1 is not None:
+        result.update(stage_one_cost(stage1, [f["image"] for f in features]))
+        if "training_tflops" in result:
+            result["training_tflops"] += result["stage1_gflops_per_example"] * result["stage1_examples"] / 1e3
     result["config"] = {k: v for k, v in model.config.to_diff_dict().items()
                         if k.startswith(("stem_", "image_tokenizer", "center_", "encoder_layers", "decoder_layers",
                                          "hidden_size", "image_size", "contrastive", "foveated"))}
@@ -151,23 +178,34 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="The character benchmark's folder.")
     parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER", help="A trained run.")
+    parser.add_argument("--stage1", action="append", default=[], metavar="NAME=FOLDER",
+                        help="The pretrain-vision folder that initialised run NAME (--vision_init): its training FLOPs "
+                             "are added to the run's.")
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     args = parser.parse_args(argv)
     count_cpu_flash_attention()  # CPU SDPA's flash kernel is invisible to torch's FLOP counter otherwise
     rows = read_split(args.data)
+    stage1 = {}
+    for spec in args.stage1:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            parser.error(f"--stage1 takes NAME=FOLDER, got {spec!r}")
+        stage1[name] = Path(folder)
     results = []
     for spec in args.run:
         name, sep, folder = spec.partition("=")
         if not sep:
             parser.error(f"--run takes NAME=FOLDER, got {spec!r}")
-        results.append(evaluate_run(name, Path(folder), args.data, rows))
+        results.append(evaluate_run(name, Path(folder), args.data, rows, stage1.get(name)))
         r = results[-1]
         ved = r.get("ved_training_gflops_per_example")
         print(f"{name:12s} centre identity {r['centre_identity_exact_match']:.3f}  centre phrase "
               f"{r['centre_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
               f"{r['training_gflops_per_example']:.2f} GFLOP/example"
-              + (f" (VED at its sizes: {ved:.2f})" if ved else ""), flush=True)
+              + (f" (VED at its sizes: {ved:.2f})" if ved else "")
+              + (f", {r['training_tflops']:.1f} TFLOP in all" if "training_tflops" in r else "")
+              + (f" (VED: {r['ved_training_tflops']:.1f})" if "ved_training_tflops" in r else ""), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
