@@ -39,13 +39,18 @@ from .tokenizer import train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Model sizes for training from scratch. "base" is the design's default model.
+# Model sizes for training from scratch. "base" is the design's default model (the seed's two-convolution stem).
+# "small" carries what issue 15's ablation on the character benchmark kept (docs/benchmarks.md): four conv-BN stages to
+# a 14x14 map under centre weighting, an edge stem for the periphery, foveated tokens (76, half the FLOPs of 196).
 MODEL_PRESETS = {
     "tiny": dict(hidden_size=64, num_attention_heads=4, encoder_layers=1, decoder_layers=2, intermediate_size=128,
                  image_size=64, stem_channels=(16, 32), stem_kernel_sizes=(5, 3), image_tokenizer_grid_size=8,
                  foveated_center_size=4, local_attention_window=1, max_position_embeddings=128),
     "small": dict(hidden_size=256, num_attention_heads=4, encoder_layers=3, decoder_layers=3, intermediate_size=1024,
-                  image_size=112, stem_channels=(32, 64), image_tokenizer_grid_size=14, max_position_embeddings=256),
+                  image_size=224, stem_channels=(24, 48, 96, 192), stem_kernel_sizes=(3, 3, 3, 3),
+                  stem_strides=(2, 2, 2, 2), center_sigmas=(0.2, 0.3, 0.4, 0.5), stem_norm_type="batch",
+                  edge_compensation_type="stem", image_tokenizer_type="foveated", image_tokenizer_grid_size=14,
+                  max_position_embeddings=256),
     "base": {},
 }
 
