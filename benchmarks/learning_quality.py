@@ -11,6 +11,8 @@ For each run folder (a saved model with its processor and `trainer_state.json`):
 test split (fonts disjoint from training), then
 - centre identity exact match: the digit named for the centre equals the scene's (`center_digit` in the metadata);
 - centre phrase exact match (colour and digit) and full-caption exact match (every edge digit too);
+- layout exact match (the caption right but for the digits it names: colours, positions, how many edge digits) and
+  edge-digit identity (per edge digit of the truth, the caption names that digit at that position);
 - the 10x10 confusion of the centre digit (rows: truth, columns: the caption's digit; "none" when it names none);
 - training FLOPs per example (torch.utils.flop_counter over one forward + backward at the run's caption length).
 `--plots` writes the learning curves (training loss against step) and each run's confusion as PNGs (matplotlib).
@@ -36,6 +38,7 @@ from centerfocus.tools.demo import caption_images
 
 
 CENTRE = re.compile(r"^an? (\w+) (\d) in the centre")
+EDGE = re.compile(r"an? small (\w+) (\d) at the (\w+)")
 DIGITS = [str(d) for d in range(10)]
 
 
@@ -59,8 +62,17 @@ def score(rows: list[dict], captions: list[str]) -> dict:
     confusion = np.zeros((10, 11), dtype=int)  # the last column: the caption names no centre digit
     for t, (_, d) in zip(truth, named):
         confusion[int(t), 10 if d == "none" else int(d)] += 1
+    # the edge digits: per edge digit of the truth, whether the caption names the same digit at that position
+    edge_hits = []
+    for caption, row in zip(captions, rows):
+        named_at = {position: digit for _, digit, position in EDGE.findall(caption)}
+        edge_hits += [named_at.get(position) == digit for _, digit, position in EDGE.findall(row["text"])]
     return {
         "centre_identity_exact_match": float(np.mean([d == t for (_, d), t in zip(named, truth)])),
+        "edge_digit_identity": float(np.mean(edge_hits)) if edge_hits else None,
+        # the caption right except for which digits it names: colours, positions, how many edge digits
+        "layout_exact_match": float(np.mean([re.sub(r"\d", "#", c.strip()) == re.sub(r"\d", "#", r["text"])
+                                             for c, r in zip(captions, rows)])),
         "centre_phrase_exact_match": float(np.mean([[c, d] == r["center_phrase"].split()[-2:]
                                                     for (c, d), r in zip(named, rows)])),
         "full_caption_exact_match": float(np.mean([c.strip() == r["text"] for c, r in zip(captions, rows)])),
@@ -202,6 +214,7 @@ def main(argv=None) -> list[dict]:
         ved = r.get("ved_training_gflops_per_example")
         print(f"{name:12s} centre identity {r['centre_identity_exact_match']:.3f}  centre phrase "
               f"{r['centre_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
+              f"layout {r['layout_exact_match']:.3f}  edge digits {r['edge_digit_identity'] or 0:.3f}  "
               f"{r['training_gflops_per_example']:.2f} GFLOP/example"
               + (f" (VED at its sizes: {ved:.2f})" if ved else "")
               + (f", {r['training_tflops']:.1f} TFLOP in all" if "training_tflops" in r else "")

@@ -159,12 +159,22 @@ def test_learning_quality_scores_captions_against_the_character_metadata(tmp_pat
     truth = [r["text"] for r in rows]
     perfect = quality.score(rows, truth)
     assert perfect["centre_identity_exact_match"] == perfect["centre_phrase_exact_match"] == 1.0
-    assert perfect["full_caption_exact_match"] == 1.0
+    assert perfect["full_caption_exact_match"] == perfect["layout_exact_match"] == 1.0
+    with_edges = [r for r in rows if "small" in r["text"]]
+    assert perfect["edge_digit_identity"] == (1.0 if with_edges else None)
     assert np.trace(np.array(perfect["confusion"])) == len(rows)
     # every centre digit moved by one: identity and phrase are all wrong, and the confusion says where they went
     shifted = [re.sub(r"^(an? \w+) (\d)", lambda m: f"{m.group(1)} {(int(m.group(2)) + 1) % 10}", t) for t in truth]
     wrong = quality.score(rows, shifted)
     assert wrong["centre_identity_exact_match"] == wrong["centre_phrase_exact_match"] == 0.0
+    assert wrong["layout_exact_match"] == 1.0  # only digits changed
+    assert wrong["edge_digit_identity"] == perfect["edge_digit_identity"]  # the edge digits were left alone
+    # every edge digit moved by one: the edge identity is 0, the centre untouched
+    edges_shifted = [re.sub(r"(small \w+) (\d)", lambda m: f"{m.group(1)} {(int(m.group(2)) + 1) % 10}", t)
+                     for t in truth]
+    edge_wrong = quality.score(rows, edges_shifted)
+    assert edge_wrong["centre_identity_exact_match"] == 1.0
+    assert edge_wrong["edge_digit_identity"] == (0.0 if with_edges else None)
     confusion = np.array(wrong["confusion"])
     for r in rows:
         assert confusion[int(r["center_digit"]), (int(r["center_digit"]) + 1) % 10] >= 1
