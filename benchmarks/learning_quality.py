@@ -159,23 +159,27 @@ def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict], stage1: 
     return result
 
 
-def plot(results: list[dict], out: Path) -> None:
+def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = None) -> None:
+    """Learning curves of every run in one PNG; the centre-digit confusion of each run in `confusion_runs` (default:
+    every run) in one PNG each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(8, 5))
     for r in results:
         if r.get("loss_curve"):
             steps, losses = zip(*r["loss_curve"])
             axis.plot(steps, losses, label=f"{r['run']} (centre {r['centre_identity_exact_match']:.2f})")
     axis.set(xlabel="step", ylabel="training loss", yscale="log", title="Character benchmark: learning curves")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "learning_quality_curves.png", dpi=120)
     for r in results:
+        if confusion_runs is not None and r["run"] not in confusion_runs:
+            continue
         figure, axis = plt.subplots(figsize=(5, 4))
         axis.imshow(np.array(r["confusion"]), cmap="Blues")
         axis.set(xticks=range(11), xticklabels=[*DIGITS, "-"], yticks=range(10), yticklabels=DIGITS,
@@ -193,6 +197,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--stage1", action="append", default=[], metavar="NAME=FOLDER",
                         help="The pretrain-vision folder that initialised run NAME (--vision_init): its training FLOPs "
                              "are added to the run's.")
+    parser.add_argument("--confusion", action="append", metavar="NAME",
+                        help="With --plots, draw the centre-digit confusion of this run only (repeatable; default all).")
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     args = parser.parse_args(argv)
@@ -223,7 +229,7 @@ def main(argv=None) -> list[dict]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.plots:
-        plot(results, args.plots)
+        plot(results, args.plots, args.confusion)
     return results
 
 
