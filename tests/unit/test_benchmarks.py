@@ -189,3 +189,31 @@ def test_learning_quality_refuses_a_folder_that_is_not_the_character_benchmark(t
     (tmp_path / "test" / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "x"}) + "\n")
     with pytest.raises(ValueError, match="center_digit"):
         quality.read_split(tmp_path)
+
+
+def test_ved_baseline_has_the_captioners_sizes_and_a_plain_cross_entropy():
+    """train_ved.py's VisionEncoderDecoder: CenterFocus's width, depth, image size, vocabulary and special tokens, and
+    a loss equal to plain token cross-entropy of its own logits (4.57's built-in loss shifts the labels twice)."""
+    import torch.nn.functional as F
+
+    build_ved = load_learning_quality().build_ved  # learning_quality.py imports it from train_ved.py
+    config = CenterFocusConfig(**tiny_config_kwargs())
+    torch.manual_seed(0)
+    ved = build_ved(config).train()
+    assert ved.config.encoder.hidden_size == ved.config.decoder.hidden_size == config.hidden_size
+    assert ved.config.encoder.num_hidden_layers == config.encoder_layers
+    assert ved.config.decoder.num_hidden_layers == config.decoder_layers
+    assert ved.config.decoder.vocab_size == config.vocab_size
+    assert ved.config.encoder.image_size == config.image_size
+    assert ved.generation_config.decoder_start_token_id == config.decoder_start_token_id
+    assert ved.generation_config.eos_token_id == config.eos_token_id
+    pixel_values = torch.randn(2, 3, config.image_size, config.image_size)
+    labels = torch.randint(4, config.vocab_size, (2, 6))
+    labels[0, -2:] = -100
+    output = ved(pixel_values=pixel_values, labels=labels)
+    expected = F.cross_entropy(output.logits.reshape(-1, config.vocab_size), labels.reshape(-1), ignore_index=-100)
+    # the same mean over the same 10 token losses; only the summation order may differ: a few float32 ulps
+    assert torch.allclose(output.loss, expected, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+    # 4.57's built-in loss shifts the labels once more: it would give another value (fixed here, DESIGN.md)
+    assert not torch.allclose(F.cross_entropy(output.logits[:, :-1].reshape(-1, config.vocab_size),
+                                              labels[:, 1:].reshape(-1), ignore_index=-100), expected)
