@@ -18,22 +18,11 @@ import logging
 from typing import Optional
 
 import torch.nn.functional as F
-import transformers
+from compare_captioners import VED_SHIFTS_LABELS_TWICE  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from transformers import BertConfig, BertLMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
 from centerfocus import CenterFocusConfig
-from centerfocus.tools.caption_data import check_caption_dataset, load_image_dataset
-from centerfocus.tools.train import (
-    apply_overrides,
-    check_output_dir,
-    parse_args,
-    prepare_tokenizer,
-    preset,
-    run_training,
-)
-
-
-VED_SHIFTS_LABELS_TWICE = int(transformers.__version__.split(".")[0]) < 5
+from centerfocus.tools.train import new_model_config, parse_args, run_training
 
 
 def plain_cross_entropy(logits, labels, vocab_size: int, **kwargs):
@@ -70,24 +59,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if model_args.model_name_or_path or model_args.vision_init or model_args.text_init or model_args.lora_r:
         raise ValueError("train_ved.py trains a new VisionEncoderDecoder from scratch: --model_name_or_path, "
                          "--vision_init, --text_init and --lora_r do not apply.")
-    check_output_dir(training_args)
-    # the tokenizer run_training will build (deterministic in the captions), needed first for the vocabulary size
-    data = load_image_dataset(data_args.dataset, data_args.dataset_config, (data_args.caption_column,))
-    train_set, _ = check_caption_dataset(data, data_args.image_column, data_args.caption_column,
-                                         data_args.train_split, data_args.eval_split, data_args.validation_fraction,
-                                         training_args.seed)
-    if data_args.max_train_samples:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
-    tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]))
-    fields = apply_overrides(preset(model_args.model_size), model_args.config_overrides)
-    if data_args.image_size:
-        fields["image_size"] = data_args.image_size
-    fields.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
-                  max_position_embeddings=max(fields.get("max_position_embeddings", 512),
-                                              data_args.max_target_length + 1))
-    training_args.overwrite_output_dir = True  # checked above; the tokenizer pass left nothing in the folder
-    metrics = run_training(model_args, data_args, training_args, model=build_ved(CenterFocusConfig(**fields)))
+    # the config centerfocus train would give a new CenterFocus model (sizes, image size, the tokenizer it trains)
+    metrics = run_training(model_args, data_args, training_args,
+                           model_builder=lambda *args: build_ved(new_model_config(*args)))
     logging.getLogger(__name__).info("Metrics: " + json.dumps(metrics))
     return metrics
 

@@ -467,8 +467,9 @@ class CenterFocusEdgeCompensation(nn.Module):
         bias = conv.bias.to(dtype) if conv.bias is not None else None
         return F.conv2d(features, conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def forward(self, features: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """Add `pointwise(relu(depthwise(source)))` to `features` outside the centre. Both `(B, c, h, w)`."""
+    def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Add `pointwise(relu(depthwise(source)))` to `features` outside the centre. Both `(B, c, h, w)`; `source` is
+        the last stage's output, `pixel_values` is not read."""
         branch = self._conv(self.pointwise, F.relu(self._conv(self.depthwise, source.to(self.compute_dtype))))
         center = center_region_mask(source.shape[-2], source.shape[-1], self.center_region_size, source.device)
         periphery = (~center).to(features.dtype)[None, None]
@@ -482,8 +483,6 @@ class CenterFocusEdgeStem(nn.Module):
     region. The centre-weighted stages normalise after every weighting, so with a low floor they compound into
     erasing the periphery; this branch gives the peripheral cells features that no weighting has touched."""
 
-    reads_pixels = True
-
     def __init__(self, config: CenterFocusConfig):
         super().__init__()
         layers, in_channels = [], config.num_channels
@@ -496,8 +495,9 @@ class CenterFocusEdgeStem(nn.Module):
         self.proj = nn.Conv2d(in_channels, config.stem_channels[-1], kernel_size=1)
         self.center_region_size = config.center_region_size
 
-    def forward(self, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Add `proj(layers(pixel_values))` to `features` `(B, c, h, w)` outside the centre."""
+    def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Add `proj(layers(pixel_values))` to `features` `(B, c, h, w)` outside the centre; `source` (the last
+        stage's output) is not read."""
         branch = self.proj(self.layers(pixel_values))  # (B, c, h, w)
         center = center_region_mask(branch.shape[-2], branch.shape[-1], self.center_region_size, branch.device)
         return features + branch * (~center).to(branch.dtype)[None, None]
@@ -568,8 +568,7 @@ class CenterFocusConvStem(nn.Module):
             features = stage(features)
         pruned = self.channel_pruning(features)
         if not isinstance(self.edge_compensation, nn.Identity):
-            source = pixel_values if getattr(self.edge_compensation, "reads_pixels", False) else features
-            pruned = self.edge_compensation(pruned, source)
+            pruned = self.edge_compensation(pruned, features, pixel_values)
         window = pruned.shape[-1] // self.grid_size  # the config guarantees an exact division
         return F.avg_pool2d(pruned, kernel_size=window, stride=window)
 

@@ -217,3 +217,27 @@ def test_ved_baseline_has_the_captioners_sizes_and_a_plain_cross_entropy():
     # 4.57's built-in loss shifts the labels once more: it would give another value (fixed here, DESIGN.md)
     assert not torch.allclose(F.cross_entropy(output.logits[:, :-1].reshape(-1, config.vocab_size),
                                               labels[:, 1:].reshape(-1), ignore_index=-100), expected)
+
+
+def test_train_ved_trains_through_centerfocus_train_with_the_tokenizer_it_trains(tmp_path):
+    """train_ved.py end to end on a few scenes: the folder holds a VisionEncoderDecoder whose vocabulary is the
+    tokenizer centerfocus train built from the captions, and learning_quality.py loads and captions it."""
+    from transformers import AutoTokenizer
+
+    from centerfocus.tools.characters import generate_character_dataset
+
+    quality = load_learning_quality()
+    train_ved = sys.modules["train_ved"]  # imported by learning_quality.py
+    data = generate_character_dataset(tmp_path / "chars", num_train=16, num_test=4, image_size=64, seed=3)
+    output = tmp_path / "ved"
+    train_ved.main(["--dataset", str(data), "--output_dir", str(output), "--model_size", "tiny", "--max_steps", "2",
+                    "--per_device_train_batch_size", "4", "--use_cpu", "true", "--report_to", "none",
+                    "--disable_tqdm", "true", "--eval_strategy", "no", "--do_eval", "false", "--save_strategy", "no",
+                    "--tokenizer_vocab_size", "60"])
+    model = quality.load_run(output)
+    assert model.config.model_type == "vision-encoder-decoder"
+    assert model.config.decoder.vocab_size == len(AutoTokenizer.from_pretrained(output))
+    assert model.config.encoder.image_size == 64 and model.config.encoder.hidden_size == 64  # the tiny preset
+    rows = quality.read_split(data)
+    result = quality.evaluate_run("ved", output, data, rows)
+    assert len(result["examples"]) == len(rows) and result["training_gflops_per_example"] > 0

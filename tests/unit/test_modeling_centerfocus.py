@@ -212,12 +212,16 @@ def test_edge_stem_reads_the_periphery_that_compounded_centre_weighting_erases()
         before_plain, after_plain = plain(pixels), plain(changed)
         before_edged, after_edged = edged(pixels), edged(changed)
     assert before_edged.shape == before_plain.shape == (4, 8, 8, 8)
+    # the same main-stem operations on the same input in one process, plus exactly 0 * branch in the centre
     assert torch.equal(before_edged[:, :, center], before_plain[:, :, center])  # the branch adds outside only
     top = torch.zeros(8, 8, dtype=torch.bool)
     top[0] = True
     # how much the top cells move when the top pixels change, relative to their own scale
     plain_change = (after_plain - before_plain)[:, :, top].abs().mean() / before_plain[:, :, top].abs().mean()
     edged_change = (after_edged - before_edged)[:, :, top].abs().mean() / before_edged[:, :, top].abs().mean()
+    # measured 120-980x over five initialisation seeds (plain: 0.1-0.9% of the cells' scale, far above float32
+    # rounding; edged: 90-110%), so 10x fails only if the branch stops reading the pixels or the weighting stops
+    # compounding
     assert edged_change > 10 * plain_change
 
 

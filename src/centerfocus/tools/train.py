@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -238,6 +239,18 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
         if len(tokenizer) > model.config.vocab_size:
             model.resize_token_embeddings(len(tokenizer))
         return model
+    model = CenterFocusForConditionalGeneration(new_model_config(model_args, data_args, tokenizer))
+    if model_args.vision_init:
+        load_vision_weights(model, model_args.vision_init)
+    if model_args.text_init:
+        load_text_weights(model, model_args.text_init)
+    return model
+
+
+def new_model_config(model_args: ModelArguments, data_args: DataArguments,
+                     tokenizer: PreTrainedTokenizerBase) -> CenterFocusConfig:
+    """The config of a new model: the preset, the stage-1 vision and BERT text configs, `--config_overrides`,
+    `--image_size`, the loss and decoder flags, then the tokenizer's vocabulary and special tokens."""
     kwargs = preset(model_args.model_size)
     if model_args.vision_init:
         kwargs.update(_vision_config_fields(model_args.vision_init))
@@ -255,12 +268,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments,
                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
                   max_position_embeddings=max(kwargs.get("max_position_embeddings", 512),
                                               data_args.max_target_length + 1))
-    model = CenterFocusForConditionalGeneration(CenterFocusConfig(**kwargs))
-    if model_args.vision_init:
-        load_vision_weights(model, model_args.vision_init)
-    if model_args.text_init:
-        load_text_weights(model, model_args.text_init)
-    return model
+    return CenterFocusConfig(**kwargs)
 
 
 _VISION_FIELDS = ("image_size", "num_channels", "hidden_size", "stem_channels", "stem_kernel_sizes", "stem_strides",
@@ -351,6 +359,9 @@ def load_text_weights(model: CenterFocusForConditionalGeneration, path: str) -> 
     return copied
 
 
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 def _keep_in_eval_mode(module: torch.nn.Module, args) -> None:
     """Forward pre-hook of a frozen batch norm: the Trainer switches the model to training mode every step."""
     module.eval()
@@ -367,7 +378,7 @@ def freeze_vision_layers(model: CenterFocusForConditionalGeneration, count: int)
     for layer in layers[:count]:
         layer.requires_grad_(False)
         for module in layer.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
+            if isinstance(module, _BATCH_NORMS):
                 module.register_forward_pre_hook(_keep_in_eval_mode)
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     logger.info(f"Froze {count} image-encoder layers ({len(frozen)} tensors).")
@@ -497,9 +508,11 @@ def add_retrieval_prompts(data_args: DataArguments, train_set, eval_set):
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments,
                  callbacks: Optional[list] = None,
-                 model: Optional[CenterFocusForConditionalGeneration] = None) -> dict:
+                 model: Optional[CenterFocusForConditionalGeneration] = None,
+                 model_builder: Optional[Callable] = None) -> dict:
     """Load and check the data, build tokenizer, processor and model, train, evaluate, save. Returns the metrics.
-    `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build."""
+    `callbacks` are extra `TrainerCallback`s; `model` replaces the one `model_args` would build, and
+    `model_builder(model_args, data_args, tokenizer)` replaces `build_model` (a model that needs the tokenizer)."""
     check_output_dir(training_args)
     for flag in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, flag)
@@ -525,7 +538,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     resume = training_args.resume_from_checkpoint
     tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
-    model = model if model is not None else build_model(model_args, data_args, tokenizer)
+    model = model if model is not None else (model_builder or build_model)(model_args, data_args, tokenizer)
     if training_args.label_smoothing_factor and model.is_non_autoregressive:
         raise ValueError("--label_smoothing_factor applies to autoregressive decoding only: a non-autoregressive "
                          "model computes its own loss from the labels.")
