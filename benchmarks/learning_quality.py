@@ -20,6 +20,7 @@ test split (fonts disjoint from training), then
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -35,6 +36,7 @@ from transformers import AutoConfig, VisionEncoderDecoderModel
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
 from centerfocus.tools.caption_data import CaptionCollator
 from centerfocus.tools.demo import caption_images
+from centerfocus.tools.pretrain import PRETRAIN_ARGS_FILE, ClassificationCollator
 
 
 CENTRE = re.compile(r"^an? (\w+) (\d) in the centre")
@@ -99,9 +101,17 @@ def stage_one_cost(folder: Path, images: list) -> dict:
     from centerfocus import CenterFocusForImageClassification, CenterFocusImageProcessor
 
     classifier = CenterFocusForImageClassification.from_pretrained(folder).train()
-    pixel_values = CenterFocusImageProcessor.from_pretrained(folder)(images, return_tensors="pt")["pixel_values"]
+    processor = CenterFocusImageProcessor.from_pretrained(folder)
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     labels = torch.zeros(len(images), dtype=torch.long)
-    flops = training_flops(classifier, lambda p, y: classifier(pixel_values=p, labels=y).loss, pixel_values, labels)
+    arguments = folder / PRETRAIN_ARGS_FILE
+    scale = json.loads(arguments.read_text()).get("edge_object_scale") if arguments.exists() else None
+    extra = {}
+    if scale:  # the edge stem's images too, as the stage-1 collator makes them
+        collator = ClassificationCollator(processor, "image", "label", scale, math.prod(classifier.config.stem_strides))
+        extra["edge_pixel_values"] = collator([{"image": image, "label": 0} for image in images])["edge_pixel_values"]
+    flops = training_flops(classifier, lambda p, y: classifier(pixel_values=p, labels=y, **extra).loss, pixel_values,
+                           labels)
     results = json.loads((folder / "all_results.json").read_text())
     examples = round(results["train_samples_per_second"] * results["train_runtime"])
     return {"stage1_folder": str(folder), "stage1_gflops_per_example": flops / len(images) / 1e9,

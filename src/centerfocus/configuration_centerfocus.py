@@ -120,6 +120,11 @@ class CenterFocusConfig(PretrainedConfig):
             region, the output of a light CNN of its own on the image (the stem's kernels and strides at half its
             widths, no centre weighting), which keeps the periphery readable under strong centre weighting;
             `"none"` disables it.
+        edge_stem_width_ratio (`float`, *optional*, defaults to 0.5): Width of the `"stem"` edge branch's stages as a
+            fraction of `stem_channels` (at least 8 channels each).
+        edge_stem_residual_blocks (`int`, *optional*, defaults to 0): Residual blocks after the `"stem"` edge branch's
+            last stage. Each adds two 3x3 convolutions at the last stage's stride, widening what one peripheral cell
+            sees by `4 x prod(stem_strides)` pixels, so a cell can see a whole small object.
         edge_precision (`str`, *optional*, defaults to `"float32"`): Dtype the `"conv"` edge-compensation branch
             computes in; `"float16"`/`"bfloat16"` run the periphery in half precision while centre and text stay in
             float32.
@@ -208,6 +213,8 @@ class CenterFocusConfig(PretrainedConfig):
         channel_pruning_keep_ratio: float = 0.5,
         channel_pruning_reduction: int = 4,
         edge_compensation_type: Literal["conv", "none"] = "none",
+        edge_stem_width_ratio: float = 0.5,
+        edge_stem_residual_blocks: int = 0,
         edge_precision: Literal["float32", "float16", "bfloat16"] = "float32",
         channel_attention_type: Literal["se", "none"] = "se",
         channel_attention_reduction: int = 4,
@@ -267,6 +274,8 @@ class CenterFocusConfig(PretrainedConfig):
         self.channel_pruning_keep_ratio = channel_pruning_keep_ratio
         self.channel_pruning_reduction = channel_pruning_reduction
         self.edge_compensation_type = edge_compensation_type
+        self.edge_stem_width_ratio = edge_stem_width_ratio
+        self.edge_stem_residual_blocks = edge_stem_residual_blocks
         self.edge_precision = edge_precision
         self.channel_attention_type = channel_attention_type
         self.channel_attention_reduction = channel_attention_reduction
@@ -399,6 +408,11 @@ class CenterFocusConfig(PretrainedConfig):
         _check(self.edge_precision == "float32" or self.edge_compensation_type == "conv",
                f"`edge_precision`={self.edge_precision!r} needs `edge_compensation_type='conv'` (it sets the dtype "
                "of that branch).")
+        _check(_is_number(self.edge_stem_width_ratio) and self.edge_stem_width_ratio > 0,
+               f"`edge_stem_width_ratio` must be a number > 0, got {self.edge_stem_width_ratio!r}.")
+        _check(isinstance(self.edge_stem_residual_blocks, int) and not isinstance(self.edge_stem_residual_blocks, bool)
+               and self.edge_stem_residual_blocks >= 0,
+               f"`edge_stem_residual_blocks` must be a non-negative integer, got {self.edge_stem_residual_blocks!r}.")
 
     def _validate_image_tokenizer(self) -> None:
         if self.image_tokenizer_type != "foveated":

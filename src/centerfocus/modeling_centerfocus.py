@@ -487,11 +487,13 @@ class CenterFocusEdgeStem(nn.Module):
         super().__init__()
         layers, in_channels = [], config.num_channels
         for kernel, stride, channels in zip(config.stem_kernel_sizes, config.stem_strides, config.stem_channels):
-            width = max(8, channels // 2)
+            width = max(8, round(channels * config.edge_stem_width_ratio))
             layers += [nn.Conv2d(in_channels, width, kernel_size=kernel, stride=stride, padding=kernel // 2,
                                  bias=config.stem_norm_type == "none"), stem_norm(config, width), nn.ReLU()]
             in_channels = width
+        layers += [CenterFocusResidualBlock(config, in_channels) for _ in range(config.edge_stem_residual_blocks)]
         self.layers = nn.Sequential(*layers)
+        self.width = in_channels
         self.proj = nn.Conv2d(in_channels, config.stem_channels[-1], kernel_size=1)
         self.center_region_size = config.center_region_size
 
@@ -1707,6 +1709,9 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         self.image_tokenizer = CenterFocusImageTokenizer(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        if config.edge_compensation_type == "stem":
+            # stage 1 of the edge stem: the same labels, read from images shrunk to the periphery's object size
+            self.edge_classifier = nn.Linear(self.vision_stem.edge_compensation.width, config.num_labels)
         self.post_init()
 
     def vision_layers(self) -> list[nn.Module]:
@@ -1728,6 +1733,7 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         labels: Optional[torch.LongTensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        edge_pixel_values: Optional[torch.FloatTensor] = None,
     ) -> Union[tuple, ImageClassifierOutput]:
         r"""
         Args:
@@ -1735,6 +1741,11 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss (or, with
                 `config.problem_type` "regression" / "multi_label_classification", as transformers' classifiers
                 read them: float targets `(batch_size,)` or `(batch_size, num_labels)`, multi-hot floats).
+            edge_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, h, w)`, *optional*): The same
+                images shrunk to the size objects have in the periphery (`centerfocus pretrain-vision
+                --edge_object_scale`). With an `edge_compensation_type="stem"` config and `labels`, the edge stem reads
+                them through its own global-average-pooled linear head, and that cross-entropy is added to the loss:
+                this trains the edge stem, which captions alone teach slowly, to tell small objects apart.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
@@ -1743,6 +1754,21 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         tokens = self.image_tokenizer(self.vision_stem(pixel_values.to(self.classifier.weight.dtype)))  # (B, N, D)
         logits = self.classifier(self.layer_norm(tokens.mean(dim=1)))  # (B, num_labels)
         loss = None if labels is None else self.loss_function(labels.to(logits.device), logits.float(), self.config)
+        if edge_pixel_values is not None:
+            if not hasattr(self, "edge_classifier"):
+                raise ValueError("`edge_pixel_values` train the edge stem, and this config has none "
+                                 f"(edge_compensation_type={self.config.edge_compensation_type!r}; it needs 'stem').")
+            if labels is None or labels.dtype != torch.long:
+                raise ValueError("`edge_pixel_values` need class-index `labels` (single-label classification).")
+            if (edge_pixel_values.ndim != 4 or not edge_pixel_values.is_floating_point()
+                    or edge_pixel_values.shape[:2] != (labels.shape[0], self.config.num_channels)):
+                raise ValueError("`edge_pixel_values` must be a float (batch_size, num_channels, h, w) tensor with "
+                                 f"one image per label, got {edge_pixel_values.dtype} of shape "
+                                 f"{tuple(edge_pixel_values.shape)} for {labels.shape[0]} labels.")
+            check_finite_pixel_values(edge_pixel_values)
+            features = self.vision_stem.edge_compensation.layers(edge_pixel_values.to(self.classifier.weight.dtype))
+            edge_logits = self.edge_classifier(features.mean(dim=(2, 3)))  # (B, num_labels)
+            loss = loss + F.cross_entropy(edge_logits.float(), labels.to(edge_logits.device))
         output = ImageClassifierOutput(loss=loss, logits=logits,
                                        hidden_states=(tokens,) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()

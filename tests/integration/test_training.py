@@ -306,6 +306,32 @@ def test_stage_one_reads_labels_from_a_metadata_column(tmp_path):
                        "--disable_tqdm", "true", "--save_strategy", "no"])
 
 
+def test_stage_one_trains_the_edge_stem_on_shrunk_images(tmp_path):
+    """`--edge_object_scale` adds the edge stem's own loss on shrunk images: its weights end elsewhere than the same
+    seed's run without the flag, and the folder holds the edge head; a config without an edge stem is refused, naming
+    the flag."""
+    from safetensors.torch import load_file
+
+    from centerfocus.tools import pretrain
+    from centerfocus.tools.characters import generate_character_dataset
+
+    data = generate_character_dataset(tmp_path / "chars", num_train=32, num_test=8, image_size=64, seed=3)
+    common = ["--dataset", str(data), "--label_column", "center_digit", "--model_size", "tiny", "--max_steps", "3",
+              "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none",
+              "--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no", "--seed", "5",
+              "--learning_rate", "1e-2"]
+    overrides = ["--config_overrides", "edge_compensation_type=stem,stem_norm_type=batch"]
+    pretrain.main([*common, *overrides, "--output_dir", str(tmp_path / "plain")])
+    pretrain.main([*common, *overrides, "--edge_object_scale", "0.3", "--output_dir", str(tmp_path / "edge")])
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    edge = load_file(tmp_path / "edge" / "model.safetensors")
+    key = "vision_stem.edge_compensation.layers.0.weight"
+    assert key in edge and "edge_classifier.weight" in edge
+    assert not torch.equal(edge[key], plain[key])
+    with pytest.raises(ValueError, match="--edge_object_scale"):
+        pretrain.main([*common, "--edge_object_scale", "0.3", "--output_dir", str(tmp_path / "none")])
+
+
 def test_text_init_copies_bert_weights(tmp_path, tokenizer):
     from transformers import BertConfig, BertModel
 

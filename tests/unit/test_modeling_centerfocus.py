@@ -21,6 +21,7 @@ SWITCHES = [
     # 16 keep its gradient independent of the draw)
     {"edge_compensation_type": "stem", "channel_attention_reduction": 1},
     {"edge_compensation_type": "stem", "stem_norm_type": "batch"},
+    {"edge_compensation_type": "stem", "edge_stem_width_ratio": 1.0, "channel_attention_reduction": 1},
     {"channel_attention_type": "none"},
     {"image_tokenizer_type": "foveated"},
     {"position_embedding_type": "sincos_2d"},
@@ -223,6 +224,28 @@ def test_edge_stem_reads_the_periphery_that_compounded_centre_weighting_erases()
     # rounding; edged: 90-110%), so 10x fails only if the branch stops reading the pixels or the weighting stops
     # compounding
     assert edged_change > 10 * plain_change
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 2])
+def test_edge_stem_residual_blocks_widen_what_one_cell_sees(blocks):
+    """A cell of the edge branch depends on exactly the pixels of its receptive field: the plain stages give
+    `1 + sum((k - 1) * stride so far)`, and every residual block adds two 3x3 convolutions at the total stride."""
+    config = CenterFocusConfig(**tiny_config_kwargs(stem_channels=(8, 8, 8), stem_kernel_sizes=(3, 3, 3),
+                                                    stem_strides=(2, 2, 2), center_sigmas=(0.2, 0.3, 0.4),
+                                                    image_size=128, image_tokenizer_grid_size=8,
+                                                    edge_compensation_type="stem", edge_stem_residual_blocks=blocks))
+    torch.manual_seed(0)
+    branch = modeling.CenterFocusEdgeStem(config).double()
+    for module in branch.modules():  # residual blocks start as the identity; give their last layer weight
+        if isinstance(module, modeling.CenterFocusResidualBlock):
+            torch.nn.init.normal_(module.conv2.weight)
+    pixels = torch.rand(1, 3, 128, 128, dtype=torch.float64, requires_grad=True)
+    features = torch.zeros(1, 8, 16, 16, dtype=torch.float64)
+    out = branch(features, features, pixels)
+    out[0, :, 0, 8].sum().backward()  # a top cell, away from the left and right borders
+    columns = (pixels.grad[0].abs().sum(dim=(0, 1)) > 0).nonzero().flatten()
+    expected = 1 + (2 * 1 + 2 * 2 + 2 * 4) + blocks * 2 * (2 * 8)
+    assert columns.max() - columns.min() + 1 == expected
 
 
 def test_periphery_keeps_exactly_the_configured_fraction_of_channels():
@@ -598,3 +621,46 @@ def test_a_float64_model_keeps_its_loss_in_float64():
                                                  ignore_index=-100)
     assert output.logits.dtype == torch.float64 and output.loss.dtype == torch.float64
     torch.testing.assert_close(output.loss, expected, rtol=1e-12, atol=1e-12)
+
+
+def _edge_classifier(**overrides):
+    config = CenterFocusConfig(**tiny_config_kwargs(stem_norm_type="batch", edge_compensation_type="stem",
+                                                    num_labels=5, **overrides))
+    torch.manual_seed(0)
+    return modeling.CenterFocusForImageClassification(config).eval()
+
+
+def test_edge_pixel_values_add_the_edge_stems_own_classification_loss():
+    """Stage 1 of the edge stem: the loss gains exactly the cross-entropy of the edge head on the pooled edge-stem
+    features of `edge_pixel_values`, computed here from the modules by hand; the centre path is unchanged."""
+    model = _edge_classifier()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(3, 3, model.config.image_size, model.config.image_size, generator=generator)
+    small = torch.rand(3, 3, 16, 16, generator=generator)
+    labels = torch.tensor([0, 3, 4])
+    with torch.no_grad():
+        plain = model(pixel_values=pixels, labels=labels)
+        both = model(pixel_values=pixels, labels=labels, edge_pixel_values=small)
+        features = model.vision_stem.edge_compensation.layers(small).double().mean(dim=(2, 3))
+        head = model.edge_classifier
+        reference = F.cross_entropy(features @ head.weight.double().t() + head.bias.double(), labels)
+    assert torch.equal(both.logits, plain.logits)
+    # float32 layers against their float64 head: the difference is rounding of O(1) logits, ~1e-6
+    assert (both.loss - plain.loss).double().item() == pytest.approx(reference.item(), abs=1e-4)
+    both_train = model.train()(pixel_values=pixels, labels=labels, edge_pixel_values=small)
+    both_train.loss.backward()
+    assert model.edge_classifier.weight.grad.abs().sum() > 0
+    assert model.vision_stem.edge_compensation.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_edge_pixel_values_without_an_edge_stem_or_with_bad_shapes_raise():
+    config = CenterFocusConfig(**tiny_config_kwargs(num_labels=5))
+    model = modeling.CenterFocusForImageClassification(config)
+    pixels = torch.rand(2, 3, config.image_size, config.image_size)
+    with pytest.raises(ValueError, match="edge_compensation_type"):
+        model(pixel_values=pixels, labels=torch.tensor([0, 1]), edge_pixel_values=torch.rand(2, 3, 16, 16))
+    model = _edge_classifier()
+    with pytest.raises(ValueError, match="edge_pixel_values"):
+        model(pixel_values=pixels, labels=torch.tensor([0, 1]), edge_pixel_values=torch.rand(3, 3, 16, 16))
+    with pytest.raises(ValueError, match="labels"):
+        model(pixel_values=pixels, edge_pixel_values=torch.rand(2, 3, 16, 16))

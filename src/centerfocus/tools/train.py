@@ -275,7 +275,8 @@ _VISION_FIELDS = ("image_size", "num_channels", "hidden_size", "stem_channels", 
                   "stem_norm_type", "stem_residual_blocks",
                   "center_weighting_type", "center_sigmas", "center_sigma_learnable", "center_weighting_floor",
                   "center_region_size", "channel_pruning_type", "channel_pruning_keep_ratio",
-                  "channel_pruning_reduction", "edge_compensation_type", "edge_precision", "channel_attention_type",
+                  "channel_pruning_reduction", "edge_compensation_type", "edge_stem_width_ratio", "edge_stem_residual_blocks",
+                  "edge_precision", "channel_attention_type",
                   "channel_attention_reduction", "image_tokenizer_type", "image_tokenizer_grid_size",
                   "foveated_center_size", "foveated_periphery_pool", "position_embedding_type", "layer_norm_eps")
 
