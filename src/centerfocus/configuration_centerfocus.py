@@ -118,7 +118,7 @@ class CenterFocusConfig(PretrainedConfig):
         edge_compensation_type (`str`, *optional*, defaults to `"none"`): `"conv"` adds a light depthwise-separable
             conv branch on the periphery of the last stem stage (design item 10); `"stem"` adds, outside the centre
             region, the output of a light CNN of its own on the image (the stem's kernels and strides at half its
-            widths, no centre weighting) plus each cell's projected mean colour, which keeps the periphery readable
+            widths, no centre weighting) plus each cell's projected brightest colour, which keeps the periphery readable
             under strong centre weighting; `"none"` disables it.
         edge_stem_width_ratio (`float`, *optional*, defaults to 0.5): Width of the `"stem"` edge branch's stages as a
             fraction of `stem_channels` (at least 8 channels each).

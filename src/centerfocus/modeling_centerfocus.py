@@ -495,17 +495,18 @@ class CenterFocusEdgeStem(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.width = in_channels
         self.proj = nn.Conv2d(in_channels, config.stem_channels[-1], kernel_size=1)
-        # each cell's mean colour, projected: colour is read at a glance, and a stage 1 on shape labels
-        # (`pretrain-vision --edge_object_scale`) teaches the layers to ignore it
+        # each cell's brightest value per channel (the colour of what is drawn there), projected: colour is read at a
+        # glance, and a stage 1 on shape labels (`pretrain-vision --edge_object_scale`) teaches the layers to ignore
+        # it; a cell's mean mostly gives its background
         self.stride = math.prod(config.stem_strides)
         self.colour = nn.Conv2d(config.num_channels, config.stem_channels[-1], kernel_size=1)
         self.center_region_size = config.center_region_size
 
     def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Add `proj(layers(pixel_values)) + colour(cell means of pixel_values)` to `features` `(B, c, h, w)` outside
+        """Add `proj(layers(pixel_values)) + colour(cell maxima of pixel_values)` to `features` `(B, c, h, w)` outside
         the centre; `source` (the last stage's output) is not read."""
-        means = F.avg_pool2d(pixel_values, kernel_size=self.stride, stride=self.stride)
-        branch = self.proj(self.layers(pixel_values)) + self.colour(means)  # (B, c, h, w)
+        brightest = F.max_pool2d(pixel_values, kernel_size=self.stride, stride=self.stride)
+        branch = self.proj(self.layers(pixel_values)) + self.colour(brightest)  # (B, c, h, w)
         center = center_region_mask(branch.shape[-2], branch.shape[-1], self.center_region_size, branch.device)
         return features + branch * (~center).to(branch.dtype)[None, None]
 

@@ -89,6 +89,30 @@ def test_fp32_logits_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_pat
         assert (expected[finite] - actual[finite]).abs().max() < 1e-4
 
 
+def test_edge_stem_exports_with_logits_within_1e4(tokenizer, tiny_processor, inputs, tmp_path):
+    """The `small` preset's periphery (batch-norm stages, the edge stem with a residual block and its per-cell
+    brightest-colour projection) exports: absolute 1e-4 on default-initialised logits of order 1, as above."""
+    from ..conftest import build_tiny_model
+
+    model = build_tiny_model(tokenizer, initializer_range=0.02, stem_norm_type="batch", edge_compensation_type="stem",
+                             edge_stem_residual_blocks=1, edge_stem_width_ratio=1.0)
+    for module in model.modules():  # give the residual block's zero-initialised last norm a weight
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    model.save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    ort_model = export.load_ort_model(str(export.export_onnx(str(tmp_path / "model"), str(tmp_path / "onnx"))))
+    batch = inputs["image"]
+    kwargs = {"max_new_tokens": 4, "min_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True}
+    torch_scores = model.generate(**batch, **kwargs).scores
+    ort_scores = ort_model.generate(**batch, **kwargs).scores
+    assert len(torch_scores) == len(ort_scores) == 4
+    for expected, actual in zip(torch_scores, ort_scores):
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(actual))
+        assert (expected[finite] - actual[finite]).abs().max() < 1e-4
+
+
 def test_prompt_and_variant_mismatches_are_refused(exports, inputs):
     with pytest.raises(ValueError, match="variant prompt"):
         export.load_ort_model(str(exports["prompt"])).generate(pixel_values=inputs["image"]["pixel_values"])

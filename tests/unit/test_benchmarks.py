@@ -241,3 +241,30 @@ def test_train_ved_trains_through_centerfocus_train_with_the_tokenizer_it_trains
     rows = quality.read_split(data)
     result = quality.evaluate_run("ved", output, data, rows)
     assert len(result["examples"]) == len(rows) and result["training_gflops_per_example"] > 0
+
+
+def test_edge_diagnostics_crops_hold_the_edge_digits_the_captions_name(tmp_path):
+    """edge_diagnostics.py's crops: one per edge digit of the captions, each holding pixels of the colour the caption
+    gives that digit (the crop box covers where the generator draws it), labelled with its digit."""
+    from centerfocus import CenterFocusImageProcessor
+    from centerfocus.tools.characters import generate_character_dataset
+    from centerfocus.tools.data import COLORS
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("edge_diagnostics", BENCHMARKS / "edge_diagnostics.py")
+        diagnostics = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(diagnostics)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    data = generate_character_dataset(tmp_path / "chars", num_train=2, num_test=16, image_size=224, seed=4)
+    processor = CenterFocusImageProcessor(size={"height": 224, "width": 224})
+    crops, labels = diagnostics.edge_crops(data, "test", processor)
+    rows = [json.loads(line) for line in (data / "test" / "metadata.jsonl").read_text().splitlines()]
+    named = [found for r in rows for found in diagnostics.EDGE.findall(r["text"])]
+    assert len(named) > 0 and crops.shape == (len(named), 3, 80, 80)
+    assert labels.tolist() == [int(digit) for _, digit, _ in named]
+    for crop, (colour, _, _) in zip(crops, named):
+        rgb = (crop * 0.5 + 0.5) * 255  # the processor's default normalisation, undone
+        distance = (rgb - torch.tensor(COLORS[colour], dtype=torch.float32)[:, None, None]).norm(dim=0)
+        assert distance.min() < 40, colour  # noise is at most ~30 per channel at 3 sigma
