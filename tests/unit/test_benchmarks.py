@@ -140,15 +140,20 @@ def test_onnx_latency_pairs_each_held_out_image_with_its_own_reference(tmp_path,
     assert onnx_latency.load_images(None, 2, 64)[1] is None  # random scenes carry no references
 
 
-def load_learning_quality():
+def load_benchmark(name: str):
+    """`benchmarks/NAME.py` as a module, importing its sibling scripts as they do when run."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("learning_quality", BENCHMARKS / "learning_quality.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))
     return module
+
+
+def load_learning_quality():
+    return load_benchmark("learning_quality")
 
 
 def test_learning_quality_scores_captions_against_the_character_metadata(tmp_path):
@@ -250,13 +255,7 @@ def test_edge_diagnostics_crops_hold_the_edge_digits_the_captions_name(tmp_path)
     from centerfocus.tools.characters import generate_character_dataset
     from centerfocus.tools.data import COLORS
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("edge_diagnostics", BENCHMARKS / "edge_diagnostics.py")
-        diagnostics = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(diagnostics)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    diagnostics = load_benchmark("edge_diagnostics")
     data = generate_character_dataset(tmp_path / "chars", num_train=2, num_test=16, image_size=224, seed=4)
     processor = CenterFocusImageProcessor(size={"height": 224, "width": 224})
     crops, labels = diagnostics.edge_crops(data, "test", processor)
