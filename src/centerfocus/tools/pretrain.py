@@ -76,18 +76,24 @@ class ClassificationCollator:
         self.label_column = label_column
         self.edge_object_scale = edge_object_scale
         self.stride = stride
+        self._backgrounds = {}  # image mode -> (C,) pixel values of black
 
     def __call__(self, features: list[dict]) -> dict:
         pixel_values = self.image_processor([f[self.image_column] for f in features], return_tensors="pt")
         labels = torch.tensor([f[self.label_column] for f in features], dtype=torch.long)
         batch = {"pixel_values": pixel_values["pixel_values"], "labels": labels}
         if self.edge_object_scale:
-            # (C,): black, as the processor turns it into pixel values
-            black = Image.new(features[0][self.image_column].mode, (8, 8))
-            background = self.image_processor(black, return_tensors="pt")["pixel_values"][0, :, 0, 0]
-            batch["edge_pixel_values"] = shrink_to_periphery_size(batch["pixel_values"], self.edge_object_scale,
-                                                                  background, self.stride)
+            batch["edge_pixel_values"] = shrink_to_periphery_size(
+                batch["pixel_values"], self.edge_object_scale, self.background(features[0][self.image_column].mode),
+                self.stride)
         return batch
+
+    def background(self, mode: str) -> torch.Tensor:
+        """`(C,)`: black, as the processor turns an image of `mode` into pixel values; computed once per mode."""
+        if mode not in self._backgrounds:
+            black = Image.new(mode, (8, 8))
+            self._backgrounds[mode] = self.image_processor(black, return_tensors="pt")["pixel_values"][0, :, 0, 0]
+        return self._backgrounds[mode]
 
 
 def shrink_to_periphery_size(pixel_values: torch.Tensor, scale: float, background: torch.Tensor, stride: int,
