@@ -25,7 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification, CenterFocusImageProcessor
+from centerfocus import (
+    CenterFocusForConditionalGeneration,
+    CenterFocusForImageClassification,
+    CenterFocusImageProcessor,
+)
 from centerfocus.tools import train
 
 
