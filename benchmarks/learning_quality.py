@@ -16,6 +16,10 @@ test split (fonts disjoint from training), then
 - the 10x10 confusion of the centre digit (rows: truth, columns: the caption's digit; "none" when it names none);
 - training FLOPs per example (torch.utils.flop_counter over one forward + backward at the run's caption length).
 `--plots` writes the learning curves (training loss against step) and each run's confusion as PNGs (matplotlib).
+`--from_json REPORT --plots FOLDER` redraws them from a report already written, without evaluating anything:
+
+    python benchmarks/learning_quality.py --from_json docs/benchmarks/learning_quality.json --plots docs/benchmarks \
+        --curves ved --curves f76e --confusion ved --confusion f76e
 """
 
 import argparse
@@ -169,9 +173,14 @@ def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict], stage1: 
     return result
 
 
-def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = None) -> None:
-    """Learning curves of every run in one PNG; the centre-digit confusion of each run in `confusion_runs` (default:
-    every run) in one PNG each."""
+def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = None,
+         curve_runs: Optional[list[str]] = None) -> None:
+    """Learning curves of each run in `curve_runs` (default: every run) in one PNG; the centre-digit confusion of each
+    run in `confusion_runs` (default: every run) in one PNG each."""
+    known = {r["run"] for r in results}
+    unknown = sorted({*(confusion_runs or []), *(curve_runs or [])} - known)
+    if unknown:
+        raise ValueError(f"runs {unknown} are not in the report (it has {sorted(known)})")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +189,7 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
     out.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(8, 5))
     for r in results:
-        if r.get("loss_curve"):
+        if r.get("loss_curve") and (curve_runs is None or r["run"] in curve_runs):
             steps, losses = zip(*r["loss_curve"])
             axis.plot(steps, losses, label=f"{r['run']} (centre {r['centre_identity_exact_match']:.2f})")
     axis.set(xlabel="step", ylabel="training loss", yscale="log", title="Character benchmark: learning curves")
@@ -202,16 +211,31 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="The character benchmark's folder.")
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER", help="A trained run.")
+    parser.add_argument("--data", type=Path, help="The character benchmark's folder (needed with --run).")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=FOLDER", help="A trained run.")
+    parser.add_argument("--from_json", type=Path, metavar="REPORT",
+                        help="Redraw --plots from this report (a JSON --out wrote) instead of evaluating --run folders.")
     parser.add_argument("--stage1", action="append", default=[], metavar="NAME=FOLDER",
                         help="The pretrain-vision folder that initialised run NAME (--vision_init): its training FLOPs "
                              "are added to the run's.")
     parser.add_argument("--confusion", action="append", metavar="NAME",
                         help="With --plots, draw the centre-digit confusion of this run only (repeatable; default all).")
+    parser.add_argument("--curves", action="append", metavar="NAME",
+                        help="With --plots, draw the learning curve of this run only (repeatable; default all).")
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     args = parser.parse_args(argv)
+    if args.from_json:
+        if args.run or not args.plots:
+            parser.error("--from_json redraws --plots from a report; it takes --plots and no --run")
+        results = json.loads(args.from_json.read_text())
+        try:
+            plot(results, args.plots, args.confusion, args.curves)
+        except ValueError as error:
+            parser.error(str(error))
+        return results
+    if not args.run or args.data is None:
+        parser.error("give --data and at least one --run (or --from_json REPORT --plots FOLDER)")
     count_cpu_flash_attention()  # CPU SDPA's flash kernel is invisible to torch's FLOP counter otherwise
     rows = read_split(args.data)
     stage1 = {}
@@ -239,7 +263,7 @@ def main(argv=None) -> list[dict]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.plots:
-        plot(results, args.plots, args.confusion)
+        plot(results, args.plots, args.confusion, args.curves)
     return results
 
 

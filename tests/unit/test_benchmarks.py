@@ -248,6 +248,27 @@ def test_train_ved_trains_through_centerfocus_train_with_the_tokenizer_it_trains
     assert len(result["examples"]) == len(rows) and result["training_gflops_per_example"] > 0
 
 
+def test_learning_quality_redraws_the_plots_of_the_named_runs_from_a_report(tmp_path, capsys):
+    """--from_json draws from a saved report without evaluating: the curves of the --curves runs, one confusion per
+    --confusion run, and a clear error (not a traceback) for a run the report does not hold."""
+    quality = load_learning_quality()
+    confusion = np.eye(10, 11, dtype=int).tolist()
+    report = [{"run": name, "centre_identity_exact_match": 1.0, "confusion": confusion,
+               "loss_curve": [[10, 2.0], [20, 1.0 + i]]} for i, name in enumerate(["a", "b", "c"])]
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    plots = tmp_path / "plots"
+    results = quality.main(["--from_json", str(tmp_path / "report.json"), "--plots", str(plots),
+                            "--curves", "a", "--curves", "c", "--confusion", "b"])
+    assert [r["run"] for r in results] == ["a", "b", "c"]
+    assert sorted(p.name for p in plots.iterdir()) == ["learning_quality_confusion_b.png",
+                                                        "learning_quality_curves.png"]
+    with pytest.raises(SystemExit):
+        quality.main(["--from_json", str(tmp_path / "report.json"), "--plots", str(plots), "--confusion", "nope"])
+    assert "['nope'] are not in the report" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a report is redrawn, not mixed with new evaluations
+        quality.main(["--from_json", str(tmp_path / "report.json"), "--plots", str(plots), "--run", "x=y"])
+
+
 def test_edge_diagnostics_crops_hold_the_edge_digits_the_captions_name(tmp_path):
     """edge_diagnostics.py's crops: one per edge digit of the captions, each holding pixels of the colour the caption
     gives that digit (the crop box covers where the generator draws it), labelled with its digit."""
