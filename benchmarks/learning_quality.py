@@ -169,7 +169,7 @@ def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict], stage1: 
             result["training_tflops"] += result["stage1_gflops_per_example"] * result["stage1_examples"] / 1e3
     result["config"] = {k: v for k, v in model.config.to_diff_dict().items()
                         if k.startswith(("stem_", "image_tokenizer", "center_", "encoder_layers", "decoder_layers",
-                                         "hidden_size", "image_size", "contrastive", "foveated"))}
+                                         "hidden_size", "image_size", "contrastive", "foveated", "edge_"))}
     return result
 
 

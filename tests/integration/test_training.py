@@ -2,6 +2,7 @@
 multi-process, staged training, bad data."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -306,10 +307,10 @@ def test_stage_one_reads_labels_from_a_metadata_column(tmp_path):
                        "--disable_tqdm", "true", "--save_strategy", "no"])
 
 
-def test_stage_one_trains_the_edge_stem_on_shrunk_images(tmp_path):
+def test_stage_one_trains_the_edge_stem_on_shrunk_images(tmp_path, caplog):
     """`--edge_object_scale` adds the edge stem's own loss on shrunk images: its weights end elsewhere than the same
-    seed's run without the flag, and the folder holds the edge head; a config without an edge stem is refused, naming
-    the flag."""
+    seed's run without the flag, and the folder holds the edge head; a half-width edge stem is warned about; a config
+    without an edge stem is refused, naming the flag."""
     from safetensors.torch import load_file
 
     from centerfocus.tools import pretrain
@@ -322,7 +323,9 @@ def test_stage_one_trains_the_edge_stem_on_shrunk_images(tmp_path):
               "--learning_rate", "1e-2"]
     overrides = ["--config_overrides", "edge_compensation_type=stem,stem_norm_type=batch"]
     pretrain.main([*common, *overrides, "--output_dir", str(tmp_path / "plain")])
-    pretrain.main([*common, *overrides, "--edge_object_scale", "0.3", "--output_dir", str(tmp_path / "edge")])
+    with caplog.at_level(logging.WARNING, logger="centerfocus.tools.pretrain"):
+        pretrain.main([*common, *overrides, "--edge_object_scale", "0.3", "--output_dir", str(tmp_path / "edge")])
+    assert "edge_stem_width_ratio=0.5" in caplog.text  # the tiny preset's edge stem is half width
     plain = load_file(tmp_path / "plain" / "model.safetensors")
     edge = load_file(tmp_path / "edge" / "model.safetensors")
     key = "vision_stem.edge_compensation.layers.0.weight"

@@ -173,6 +173,13 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
             raise ValueError("--edge_object_scale trains the edge stem, and this config has none (edge_compensation_"
                              f"type={config.edge_compensation_type!r}); use the small preset or edge_compensation_type"
                              "=stem.")
+        if config.edge_stem_width_ratio < 1:
+            logger.warning(
+                "--edge_object_scale with edge_stem_width_ratio=%s (the small preset's is 0.5): on the character "
+                "benchmark a half-width edge stem learned the edge task slowly; after 600 steps of it the captioner "
+                "named 0.19 of the edge digits, against 0.95 with edge_stem_width_ratio=1.0 (docs/benchmarks.md, runs "
+                "s1e600 and s1e600w). Consider --config_overrides edge_stem_width_ratio=1.0.",
+                config.edge_stem_width_ratio)
     model = CenterFocusForImageClassification(config)
     image_processor = CenterFocusImageProcessor(size={"height": config.image_size, "width": config.image_size},
                                                 num_channels=config.num_channels)
