@@ -497,12 +497,9 @@ class CenterFocusEdgeStem(nn.Module):
         self.proj = nn.Conv2d(in_channels, config.stem_channels[-1], kernel_size=1)
         # each cell's brightest value per channel (the colour of what is drawn there), projected: colour is read at a
         # glance, and a stage 1 on shape labels (`pretrain-vision --edge_object_scale`) teaches the layers to ignore
-        # it; a cell's mean mostly gives its background. It starts at zero (_init_weights), so a new model's branch is
-        # the layers' alone: initialised at random, it cost the centre digit of the character benchmark 0.88-0.89
-        # against 0.93 over the same seeds (docs/benchmarks.md)
+        # it; a cell's mean mostly gives its background
         self.stride = math.prod(config.stem_strides)
         self.colour = nn.Conv2d(config.num_channels, config.stem_channels[-1], kernel_size=1)
-        self.colour.zero_init = True
         self.center_region_size = config.center_region_size
 
     def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -976,7 +973,7 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Conv2d):
             # fan-in scaling keeps the stem's activations O(1) (ResNet/timm); a fixed small std would make the image
             # signal vanish under the position embeddings before training starts
-            if getattr(module, "zero_init", False):  # the edge stem's colour; a residual block's last without a norm
+            if getattr(module, "zero_init", False):  # last conv of a residual block without a norm
                 init.zeros_(module.weight)
             else:
                 init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
