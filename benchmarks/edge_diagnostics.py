@@ -16,13 +16,13 @@ edge digits (`centerfocus.tools.characters`); their labels come from the caption
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from learning_quality import EDGE  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from PIL import Image
 
 from centerfocus import (
@@ -33,7 +33,6 @@ from centerfocus import (
 from centerfocus.tools import train
 
 
-EDGE = re.compile(r"a small (\w+) (\d) at the (\w+)")
 CROP = 80
 
 
@@ -78,10 +77,11 @@ def shrunk_centres(data: Path, processor: CenterFocusImageProcessor, seed: int =
     return torch.stack(crops), torch.tensor(labels)
 
 
-def pretrain_edge_stem(layers: nn.Module, crops: torch.Tensor, labels: torch.Tensor, steps: int = 600) -> nn.Module:
-    """Train `layers` + global average pooling + a linear head as a 10-way classifier; returns the head."""
+def pretrain_edge_stem(layers: nn.Module, width: int, crops: torch.Tensor, labels: torch.Tensor,
+                       steps: int = 600) -> nn.Module:
+    """Train `layers` (`width` output channels) + global average pooling + a linear head as a 10-way classifier;
+    returns the head."""
     torch.manual_seed(0)
-    width = [m for m in layers.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
     head = nn.Linear(width, 10)
     net = nn.Sequential(layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
@@ -117,10 +117,11 @@ def caption(args) -> dict:
     def builder(model_args, data_args, tokenizer):
         model = CenterFocusForConditionalGeneration(train.new_model_config(model_args, data_args, tokenizer))
         processor = CenterFocusImageProcessor(size={"height": 224, "width": 224})
-        layers = model.model.encoder.vision_stem.edge_compensation.layers
+        edge_stem = model.model.encoder.vision_stem.edge_compensation
+        layers = edge_stem.layers
         crops, labels = (edge_crops(args.data, "train", processor) if args.mode.startswith("oracle")
                          else shrunk_centres(args.data, processor))
-        head = pretrain_edge_stem(layers, crops, labels)
+        head = pretrain_edge_stem(layers, edge_stem.width, crops, labels)
         print(f"crop probe: {probe(layers, head, *edge_crops(args.data, 'test', processor)):.3f}", flush=True)
         layers.train()
         if args.mode == "oracle-frozen":

@@ -177,10 +177,6 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
          curve_runs: Optional[list[str]] = None) -> None:
     """Learning curves of each run in `curve_runs` (default: every run) in one PNG; the centre-digit confusion of each
     run in `confusion_runs` (default: every run) in one PNG each."""
-    known = {r["run"] for r in results}
-    unknown = sorted({*(confusion_runs or []), *(curve_runs or [])} - known)
-    if unknown:
-        raise ValueError(f"runs {unknown} are not in the report (it has {sorted(known)})")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,17 +221,19 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     args = parser.parse_args(argv)
-    if args.from_json:
-        if args.run or not args.plots:
-            parser.error("--from_json redraws --plots from a report; it takes --plots and no --run")
-        results = json.loads(args.from_json.read_text())
-        try:
-            plot(results, args.plots, args.confusion, args.curves)
-        except ValueError as error:
-            parser.error(str(error))
-        return results
-    if not args.run or args.data is None:
+    if args.from_json and (args.run or not args.plots):
+        parser.error("--from_json redraws --plots from a report; it takes --plots and no --run")
+    if not args.from_json and (not args.run or args.data is None):
         parser.error("give --data and at least one --run (or --from_json REPORT --plots FOLDER)")
+    report = json.loads(args.from_json.read_text()) if args.from_json else None
+    # before any evaluation: a misspelt name would otherwise fail only after every run is captioned
+    known = {r["run"] for r in report} if report else {spec.partition("=")[0] for spec in args.run}
+    unknown = sorted({*(args.confusion or []), *(args.curves or [])} - known)
+    if unknown:
+        parser.error(f"runs {unknown} are not in {'the report' if report else '--run'} (it has {sorted(known)})")
+    if report:
+        plot(report, args.plots, args.confusion, args.curves)
+        return report
     count_cpu_flash_attention()  # CPU SDPA's flash kernel is invisible to torch's FLOP counter otherwise
     rows = read_split(args.data)
     stage1 = {}
