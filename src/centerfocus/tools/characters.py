@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -95,20 +97,36 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
         draw.line(points, fill=(*shade, 255), width=int(rng.integers(1, max(2, size // 48))))
 
 
-def make_character_scene(rng: np.random.Generator, image_size: int = 224, fonts: tuple[str, ...] = TRAIN_FONTS,
-                         max_periphery: int = 2) -> CharacterScene:
-    """One scene: a large digit (45-60% of the side) near the centre, 0-`max_periphery` small digits (14-18%) in the
-    middle of distinct edges, clutter, then blur and noise. Deterministic in `rng`'s state."""
+#: `glyph(digit, color, box, rng)` -> an RGBA tile of `digit` in the RGB `color`, cropped to its ink, for a square of
+#: side `box` px; draws from `rng` only.
+GlyphSource = Callable[[str, tuple, float, np.random.Generator], Image.Image]
+
+
+def font_glyphs(fonts: tuple[str, ...] = TRAIN_FONTS) -> GlyphSource:
+    """Digits rendered from one of `fonts` (matplotlib's) at random, with a random stroke width, shear and rotation."""
     folder = font_dir()
+
+    def glyph(digit: str, color: tuple, box: float, rng: np.random.Generator) -> Image.Image:
+        font = folder / fonts[int(rng.integers(len(fonts)))]
+        stroke = int(rng.integers(0, max(1, round(box / 40)) + 1))
+        return _glyph(digit, font, 96, color, stroke, rng)
+
+    return glyph
+
+
+def make_character_scene(rng: np.random.Generator, image_size: int = 224, fonts: tuple[str, ...] = TRAIN_FONTS,
+                         max_periphery: int = 2, glyphs: Optional[GlyphSource] = None) -> CharacterScene:
+    """One scene: a large digit (45-60% of the side) near the centre, 0-`max_periphery` small digits (14-18%) in the
+    middle of distinct edges, clutter, then blur and noise. The digits come from `glyphs` (default: rendered from
+    `fonts`; `centerfocus.tools.handwriting` gives real handwritten ones). Deterministic in `rng`'s state."""
+    glyphs = glyphs or font_glyphs(fonts)
     canvas = Image.fromarray(_background(rng, image_size)).convert("RGBA")
     _clutter(ImageDraw.Draw(canvas), rng, image_size)
     names = list(COLORS)
 
     def draw_digit(centre, box):
         digit, color = DIGITS[int(rng.integers(len(DIGITS)))], names[int(rng.integers(len(names)))]
-        font = folder / fonts[int(rng.integers(len(fonts)))]
-        stroke = int(rng.integers(0, max(1, round(box / 40)) + 1))
-        _paste_fit(canvas, _glyph(digit, font, 96, COLORS[color], stroke, rng), centre, box)
+        _paste_fit(canvas, glyphs(digit, COLORS[color], box, rng), centre, box)
         return digit, color
 
     jitter = 0.04 * image_size
@@ -142,30 +160,39 @@ def generate_character_dataset(output_dir: str | os.PathLike, num_train: int = 3
     """Write the character benchmark in the imagefolder layout: `train/` in `TRAIN_FONTS`, `test/` in `TEST_FONTS`,
     each with `metadata.jsonl` (`file_name`, `text`, `center_phrase`, `center_digit`), and the data-set marker. A
     deterministic function of the arguments; an existing folder holding this very data set is returned untouched."""
+    return write_digit_scenes(output_dir, "characters", _KIND, {"train": font_glyphs(TRAIN_FONTS),
+                                                                "test": font_glyphs(TEST_FONTS)},
+                              num_train, num_test, image_size, seed)
+
+
+def write_digit_scenes(output_dir: str | os.PathLike, kind: str, stream: int, glyphs: dict[str, GlyphSource],
+                       num_train: int, num_test: int, image_size: int, seed: int, **marker_params) -> Path:
+    """`num_train` / `num_test` scenes (`make_character_scene`) drawn with `glyphs["train"]` / `glyphs["test"]`, in the
+    imagefolder layout under the data-set marker of `kind` (with `marker_params`); `stream` is the kind's random-stream
+    family. An existing folder holding this very data set is returned untouched."""
     _check_count("num_train", num_train, 1)
     _check_count("num_test", num_test, 1)
     _check_image_size(image_size)
     _check_seed(seed)
     params = {"num_train": int(num_train), "num_test": int(num_test), "image_size": int(image_size),
-              "seed": int(seed)}
+              "seed": int(seed), **marker_params}
 
     def fill(root: Path) -> None:
         start = time.perf_counter()
-        for split_index, (split, count, fonts) in enumerate((("train", num_train, TRAIN_FONTS),
-                                                              ("test", num_test, TEST_FONTS))):
-            rng = _split_rng(seed, _KIND, split_index)
+        for split_index, (split, count) in enumerate((("train", num_train), ("test", num_test))):
+            rng = _split_rng(seed, stream, split_index)
             (root / split).mkdir()
             lines = []
             for i in range(count):
-                scene = make_character_scene(rng, image_size=image_size, fonts=fonts)
+                scene = make_character_scene(rng, image_size=image_size, glyphs=glyphs[split])
                 file_name = f"{i:05d}.png"
                 _save_png(scene.image, root / split / file_name)
                 lines.append(json.dumps({"file_name": file_name, "text": scene.caption,
                                          "center_phrase": scene.center_phrase, "center_digit": scene.center_digit}))
             (root / split / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        logger.info("Generated %d character scenes (%dx%d) in %.1fs", num_train + num_test, image_size, image_size,
+        logger.info("Generated %d %s scenes (%dx%d) in %.1fs", num_train + num_test, kind, image_size, image_size,
                     time.perf_counter() - start)
 
-    result = _write_atomically(Path(output_dir), _marker("characters", params), fill)
-    logger.info("Character data set at %s", result)
+    result = _write_atomically(Path(output_dir), _marker(kind, params), fill)
+    logger.info("%s data set at %s", kind.capitalize(), result)
     return result

@@ -46,13 +46,15 @@ def _parser(prog: str, description: str = __doc__) -> argparse.ArgumentParser:
 
 
 _DATA_DEFAULTS = {"shapes": {"num_train": 2000, "num_test": 200, "image_size": 64},
-                  "characters": {"num_train": 3000, "num_test": 300, "image_size": 224}}
+                  "characters": {"num_train": 3000, "num_test": 300, "image_size": 224},
+                  "handwriting": {"num_train": 3000, "num_test": 300, "image_size": 224}}
 
 
 def generate_data_main(argv: Optional[list[str]] = None) -> Path:
     """`centerfocus generate-data`: write a built-in data set to `--output_dir` (an image folder): `--kind shapes`
     (the demo's; 2000 + 200 scenes of 64 px by default) or `--kind characters` (fine detail in the centre: digits from
-    matplotlib's fonts, test fonts disjoint from training fonts; 3000 + 300 scenes of 224 px by default)."""
+    matplotlib's fonts, test fonts disjoint from training fonts; 3000 + 300 scenes of 224 px by default) or `--kind
+    handwriting` (the same scenes with real handwritten digits, test writers disjoint from training writers)."""
     parser = _parser("centerfocus generate-data", generate_data_main.__doc__)
     parser.add_argument("--kind", choices=sorted(_DATA_DEFAULTS), default="shapes", help="Which data set.")
     parser.set_defaults(num_train=None, num_test=None, image_size=None)
@@ -61,14 +63,16 @@ def generate_data_main(argv: Optional[list[str]] = None) -> Path:
         if getattr(args, name) is None:
             setattr(args, name, value)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if args.kind == "characters":
+    if args.kind in ("characters", "handwriting"):
         if args.describe_periphery:
             parser.error("--describe_periphery applies to --kind shapes; character captions always name the edge "
                          "digits.")
-        from .characters import generate_character_dataset
-
-        path = generate_character_dataset(args.output_dir, num_train=args.num_train, num_test=args.num_test,
-                                          image_size=args.image_size, seed=args.seed)
+        if args.kind == "characters":
+            from .characters import generate_character_dataset as generate
+        else:
+            from .handwriting import generate_handwriting_dataset as generate
+        path = generate(args.output_dir, num_train=args.num_train, num_test=args.num_test,
+                        image_size=args.image_size, seed=args.seed)
     else:
         path = generate_caption_dataset(args.output_dir, num_train=args.num_train, num_test=args.num_test,
                                         image_size=args.image_size, seed=args.seed,
