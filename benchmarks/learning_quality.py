@@ -108,6 +108,8 @@ def stage_one_cost(folder: Path, images: list) -> dict:
     processor = CenterFocusImageProcessor.from_pretrained(folder)
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     labels = torch.zeros(len(images), dtype=torch.long)
+    if classifier.config.problem_type == "multi_label_classification":  # --caption_words
+        labels = torch.zeros(len(images), classifier.config.num_labels)
     arguments = folder / PRETRAIN_ARGS_FILE
     scale = json.loads(arguments.read_text()).get("edge_object_scale") if arguments.exists() else None
     extra = {}
@@ -119,7 +121,8 @@ def stage_one_cost(folder: Path, images: list) -> dict:
     results = json.loads((folder / "all_results.json").read_text())
     examples = round(results["train_samples_per_second"] * results["train_runtime"])
     return {"stage1_folder": str(folder), "stage1_gflops_per_example": flops / len(images) / 1e9,
-            "stage1_examples": examples, "stage1_eval_accuracy": results.get("eval_accuracy")}
+            "stage1_examples": examples, "stage1_eval_accuracy": results.get("eval_accuracy"),
+            **{f"stage1_eval_{k}": results[f"eval_{k}"] for k in ("word_f1", "exact_match") if f"eval_{k}" in results}}
 
 
 def last_trainer_state(folder: Path) -> Optional[dict]:

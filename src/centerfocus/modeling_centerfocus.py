@@ -1750,7 +1750,8 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
             edge_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, h, w)`, *optional*): The same
                 images shrunk to the size objects have in the periphery (`centerfocus pretrain-vision
                 --edge_object_scale`). With an `edge_compensation_type="stem"` config and `labels`, the edge stem reads
-                them through its own global-average-pooled linear head, and that cross-entropy is added to the loss:
+                them through its own global-average-pooled linear head, and that head's loss (cross-entropy, or binary
+                cross-entropy for multi-hot labels) is added to the loss:
                 this trains the edge stem, which captions alone teach slowly, to tell small objects apart.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -1764,8 +1765,10 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
             if not hasattr(self, "edge_classifier"):
                 raise ValueError("`edge_pixel_values` train the edge stem, and this config has none "
                                  f"(edge_compensation_type={self.config.edge_compensation_type!r}; it needs 'stem').")
-            if labels is None or labels.dtype != torch.long:
-                raise ValueError("`edge_pixel_values` need class-index `labels` (single-label classification).")
+            multi_label = self.config.problem_type == "multi_label_classification"
+            if labels is None or (labels.dtype != torch.long and not multi_label):
+                raise ValueError("`edge_pixel_values` need `labels`: class indices, or multi-hot floats with "
+                                 "config.problem_type='multi_label_classification'.")
             if (edge_pixel_values.ndim != 4 or not edge_pixel_values.is_floating_point()
                     or edge_pixel_values.shape[:2] != (labels.shape[0], self.config.num_channels)):
                 raise ValueError("`edge_pixel_values` must be a float (batch_size, num_channels, h, w) tensor with "
@@ -1774,7 +1777,11 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
             check_finite_pixel_values(edge_pixel_values)
             features = self.vision_stem.edge_compensation.layers(edge_pixel_values.to(self.classifier.weight.dtype))
             edge_logits = self.edge_classifier(features.mean(dim=(2, 3)))  # (B, num_labels)
-            loss = loss + F.cross_entropy(edge_logits.float(), labels.to(edge_logits.device))
+            if multi_label:
+                loss = loss + F.binary_cross_entropy_with_logits(edge_logits.float(),
+                                                                 labels.to(edge_logits.device).float())
+            else:
+                loss = loss + F.cross_entropy(edge_logits.float(), labels.to(edge_logits.device))
         output = ImageClassifierOutput(loss=loss, logits=logits,
                                        hidden_states=(tokens,) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()

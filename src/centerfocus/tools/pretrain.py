@@ -3,7 +3,8 @@
 Trains a CenterFocusForImageClassification with the HF Trainer on an image folder of class sub-folders
 (`datasets` imagefolder: `train/<class>/*.png`, optionally `test/<class>/*.png`), or on images labelled by a metadata
 column (`--label_column center_digit` on the character benchmark's folder). The saved folder initialises a captioner's
-vision weights with `centerfocus train --vision_init FOLDER`.
+vision weights with `centerfocus train --vision_init FOLDER`. With `--caption_words` the labels come from the captions
+themselves (no class labels): each image learns the words of its caption as a multi-label classifier.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -61,26 +63,66 @@ class PretrainArguments:
                 "read from each image shrunk by about this factor: the size of the periphery's objects relative to "
                 "the labelled centre object (0.3 on the character benchmark: 31-40 px edge digits, 100-134 px centre "
                 "digits). Captions alone teach the edge stem slowly; this gives it features for small objects."})
+    caption_words: bool = field(default=False, metadata={
+        "help": "Labels from the captions themselves instead of --label_column: each image's targets are the words of "
+                "its caption (--caption_column), multi-hot over the words that at least --min_word_count training "
+                "captions use and not every one does, learnt as multi-label classification (binary cross-entropy; "
+                "Joulin et al. 2016, 'Learning Visual Features from Large Weakly Supervised Data'). With "
+                "--edge_object_scale the edge stem learns the same words from the shrunk images."})
+    caption_column: str = field(default="text", metadata={"help": "Column holding the captions (--caption_words)."})
+    min_word_count: int = field(default=5, metadata={
+        "help": "--caption_words: a word is a label when at least this many training captions use it."})
     keep_freed_memory: bool = field(default=True, metadata={
         "help": "Let glibc's malloc reuse freed memory (see centerfocus.tools.allocator; values unchanged)."})
 
 
+def caption_words(caption: str) -> list[str]:
+    """The words of a caption as `--caption_words` counts them: lower-cased runs of letters and digits."""
+    return re.findall(r"\w+", caption.lower())
+
+
+def word_vocabulary(captions: list[str], min_count: int) -> list[str]:
+    """The label words of `--caption_words`, sorted: those at least `min_count` captions use and not every one (a word
+    in every caption says nothing about the image). Refuses captions that leave no such word."""
+    if not captions or not all(isinstance(c, str) for c in captions):
+        raise ValueError("--caption_words needs a caption (a string) for every training image.")
+    if min_count < 1:
+        raise ValueError(f"--min_word_count must be at least 1, got {min_count}.")
+    counts = {}
+    for caption in captions:
+        for word in set(caption_words(caption)):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted(w for w, n in counts.items() if min_count <= n < len(captions))
+    if not words:
+        raise ValueError(f"No caption word is used by at least {min_count} of the {len(captions)} training captions "
+                         "and missing from some: nothing to learn from. Lower --min_word_count or check the captions.")
+    return words
+
+
 class ClassificationCollator:
-    """Rows with a PIL image and an integer label -> `pixel_values`, `labels`; with `edge_object_scale`, also
-    `edge_pixel_values` (`shrink_to_periphery_size`)."""
+    """Rows with a PIL image and an integer label -> `pixel_values`, `labels`; with `words` (`--caption_words`), the
+    label column holds captions and `labels` are `(B, len(words))` multi-hot floats of their words; with
+    `edge_object_scale`, also `edge_pixel_values` (`shrink_to_periphery_size`)."""
 
     def __init__(self, image_processor: CenterFocusImageProcessor, image_column: str, label_column: str,
-                 edge_object_scale: Optional[float] = None, stride: int = 1):
+                 edge_object_scale: Optional[float] = None, stride: int = 1, words: Optional[list[str]] = None):
         self.image_processor = image_processor
         self.image_column = image_column
         self.label_column = label_column
         self.edge_object_scale = edge_object_scale
         self.stride = stride
+        self.word_ids = None if words is None else {w: i for i, w in enumerate(words)}
         self._backgrounds = {}  # image mode -> (C,) pixel values of black
 
     def __call__(self, features: list[dict]) -> dict:
         pixel_values = self.image_processor([f[self.image_column] for f in features], return_tensors="pt")
-        labels = torch.tensor([f[self.label_column] for f in features], dtype=torch.long)
+        if self.word_ids is None:
+            labels = torch.tensor([f[self.label_column] for f in features], dtype=torch.long)
+        else:
+            labels = torch.zeros(len(features), len(self.word_ids))
+            for row, f in enumerate(features):
+                ids = [self.word_ids[w] for w in caption_words(f[self.label_column]) if w in self.word_ids]
+                labels[row, ids] = 1.0
         batch = {"pixel_values": pixel_values["pixel_values"], "labels": labels}
         if self.edge_object_scale:
             batch["edge_pixel_values"] = shrink_to_periphery_size(
@@ -154,16 +196,27 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
     if "train" not in data:
         raise ValueError(f"{args.dataset!r} has no 'train' split; splits: {sorted(data)}.")
     train = data["train"]
-    for column in (args.image_column, args.label_column):
+    label_column = args.caption_column if args.caption_words else args.label_column
+    for column in (args.image_column, label_column):
         if column not in train.column_names:
             raise ValueError(f"The stage-1 data set has no column {column!r}; columns: {train.column_names}. Use "
-                             "class sub-folders (imagefolder) or --label_column.")
+                             "class sub-folders (imagefolder), --label_column, or --caption_words with "
+                             "--caption_column.")
     evaluation = next((data[s] for s in ("validation", "test") if s in data), None)
-    train, evaluation = class_labels(train, evaluation, args.label_column)
-    names = train.features[args.label_column].names
+    words = None
+    if args.caption_words:
+        if evaluation is not None and label_column not in evaluation.column_names:
+            raise ValueError(f"The evaluation split has no caption column {label_column!r}.")
+        names = words = word_vocabulary(list(train[label_column]), args.min_word_count)
+        logger.info("--caption_words: %d label words from %d training captions", len(words), len(train))
+    else:
+        train, evaluation = class_labels(train, evaluation, label_column)
+        names = train.features[label_column].names
     if args.image_size:
         kwargs["image_size"] = args.image_size
     apply_overrides(kwargs, args.config_overrides)
+    if words is not None:
+        kwargs["problem_type"] = "multi_label_classification"
     config = CenterFocusConfig(**kwargs, num_labels=len(names), id2label=dict(enumerate(names)),
                                label2id={n: i for i, n in enumerate(names)})
     if args.edge_object_scale is not None:
@@ -187,11 +240,20 @@ def run_pretraining(args: PretrainArguments, training_args: TrainingArguments,
         training_args.eval_strategy = IntervalStrategy.NO
 
     def compute_metrics(prediction) -> dict:
-        return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
+        logits, labels = prediction.predictions, prediction.label_ids
+        if words is None:
+            return {"accuracy": float(np.mean(logits.argmax(-1) == labels))}
+        # every word of the caption predicted present and no other (logit > 0), and the micro F1 of the words
+        predicted = logits > 0
+        truth = labels > 0.5
+        hits = float((predicted & truth).sum())
+        return {"exact_match": float(np.mean((predicted == truth).all(-1))),
+                "word_f1": 2 * hits / max(1.0, float(predicted.sum() + truth.sum()))}
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                      data_collator=ClassificationCollator(image_processor, args.image_column, args.label_column,
-                                                           args.edge_object_scale, math.prod(config.stem_strides)),
+                      data_collator=ClassificationCollator(image_processor, args.image_column, label_column,
+                                                           args.edge_object_scale, math.prod(config.stem_strides),
+                                                           words),
                       compute_metrics=compute_metrics)
     metrics = dict(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
     if evaluation is not None:
