@@ -288,3 +288,31 @@ def test_edge_diagnostics_crops_hold_the_edge_digits_the_captions_name(tmp_path)
         rgb = (crop * 0.5 + 0.5) * 255  # the processor's default normalisation, undone
         distance = (rgb - torch.tensor(COLORS[colour], dtype=torch.float32)[:, None, None]).norm(dim=0)
         assert distance.min() < 40, colour  # noise is at most ~30 per channel at 3 sigma
+
+
+def test_centre_diagnostics_splits_the_caption_loss_into_centre_edge_and_other_tokens(tmp_path):
+    """centre_diagnostics.py's teacher-forced losses: one centre token per caption, one edge token per edge digit the
+    caption names, and the three token-weighted means recombine to the model's own caption loss."""
+    from centerfocus import CenterFocusImageProcessor, CenterFocusProcessor
+    from centerfocus.tools.handwriting import generate_handwriting_dataset
+    from centerfocus.tools.tokenizer import train_caption_tokenizer
+
+    from ..conftest import build_tiny_model
+
+    diagnostics = load_benchmark("centre_diagnostics")
+    data = generate_handwriting_dataset(tmp_path / "hw", num_train=2, num_test=12, image_size=64, seed=2)
+    images, digits, captions = diagnostics.load_split(data, "test")
+    assert len(images) == len(captions) == 12 and digits.tolist() == [int(c.split()[2]) for c in captions]
+    tokenizer = train_caption_tokenizer(captions, vocab_size=120)
+    processor = CenterFocusProcessor(CenterFocusImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    model = build_tiny_model(tokenizer, initializer_range=0.02)
+    losses = diagnostics.token_losses(model, processor, images, captions, batch_size=5)
+    assert losses["centre"]["tokens"] == len(captions)
+    assert losses["edge"]["tokens"] == sum(len(diagnostics_edges) for diagnostics_edges in
+                                           (re.findall(r"small \w+ (\d) at", c) for c in captions))
+    with torch.no_grad():
+        batch = processor(images=images, text_target=captions, return_tensors="pt")
+        reference = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.item()
+    total = sum(v["tokens"] for v in losses.values())
+    recombined = sum(v["loss"] * v["tokens"] for v in losses.values()) / total
+    assert recombined == pytest.approx(reference, rel=1e-5)  # float32 sums of ~100 O(1) terms

@@ -359,3 +359,61 @@ def test_generate_data_selects_the_character_benchmark(tmp_path, capsys):
                  "--num_test", "2", "--image_size", "64"]) == 0
     assert json.loads((tmp_path / "c" / "centerfocus_dataset.json").read_text())["kind"] == "characters"
     assert len((tmp_path / "c" / "test" / "metadata.jsonl").read_text().splitlines()) == 2
+
+
+def test_handwriting_benchmark_draws_train_and_test_digits_from_disjoint_writers(tmp_path):
+    """Every glyph is one of the real scans of its split's rows, of the digit it is asked for: compared with the tile
+    each single row gives, the training glyphs come from TRAIN_ROWS only and the test glyphs from TEST_ROWS only."""
+    from sklearn.datasets import load_digits
+
+    from centerfocus.tools.handwriting import TEST_ROWS, TRAIN_ROWS, handwritten_glyphs
+
+    labels = load_digits().target
+    assert 0 <= TRAIN_ROWS[0] < TRAIN_ROWS[1] < TEST_ROWS[0] < TEST_ROWS[1] <= len(labels)
+    single = {row: handwritten_glyphs((row, row + 1)) for row in range(len(labels))}
+    rng = np.random.default_rng(0)
+    for rows in (TRAIN_ROWS, TEST_ROWS):
+        glyph = handwritten_glyphs(rows)
+        for digit in "0123456789":
+            tile = np.asarray(glyph(digit, (255, 0, 0), 100.0, rng))
+            sources = [row for row in range(len(labels)) if labels[row] == int(digit)
+                       and np.array_equal(np.asarray(single[row](digit, (255, 0, 0), 100.0, rng)), tile)]
+            assert sources and all(rows[0] <= row < rows[1] for row in sources), (digit, sources)
+            assert tile[..., 3].max() > 200 and (tile[..., :3] == (255, 0, 0)).all()  # ink in the asked colour
+
+
+def test_handwriting_benchmark_scenes_and_captions(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from learning_quality import CENTRE, EDGE
+
+    from centerfocus.tools.cli import main
+
+    folder = tmp_path / "hw"
+    assert main(["generate-data", "--kind", "handwriting", "--output_dir", str(folder), "--num_train", "20",
+                 "--num_test", "6", "--image_size", "96"]) == 0
+    marker = json.loads((folder / "centerfocus_dataset.json").read_text())
+    assert marker["kind"] == "handwriting"
+    first = {split: (folder / split / "metadata.jsonl").read_text() for split in ("train", "test")}
+    for split, count in (("train", 20), ("test", 6)):
+        rows = [json.loads(line) for line in first[split].splitlines()]
+        assert len(rows) == count
+        for row in rows:
+            match = CENTRE.match(row["text"])  # the benchmark's own parser reads every caption
+            assert match and match.group(2) == row["center_digit"] and row["center_phrase"] == " ".join(
+                ["a", match.group(1), match.group(2)])
+            color = match.group(1)
+            pixels = np.asarray(Image.open(folder / split / row["file_name"]).convert("RGB"), dtype=float)[29:67, 29:67]
+            ink = pixels[pixels.max(axis=-1) > 150]
+            assert len(ink) > 20, row
+            assert min(COLORS, key=lambda name: np.abs(np.median(ink, axis=0) - COLORS[name]).sum()) == color, row
+            tail = row["text"][match.end():]
+            assert tail == "" or (tail.startswith(" with ") and EDGE.findall(tail)), row
+    # deterministic: another folder with the same arguments holds the same captions and pixels
+    again = tmp_path / "again"
+    assert main(["generate-data", "--kind", "handwriting", "--output_dir", str(again), "--num_train", "20",
+                 "--num_test", "6", "--image_size", "96"]) == 0
+    for split in ("train", "test"):
+        assert (again / split / "metadata.jsonl").read_text() == first[split]
+        assert (again / split / "00003.png").read_bytes() == (folder / split / "00003.png").read_bytes()
