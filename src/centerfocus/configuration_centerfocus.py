@@ -156,6 +156,10 @@ class CenterFocusConfig(PretrainedConfig):
         contrastive_temperature (`float`, *optional*, defaults to 0.07): Initial softmax temperature (learned).
         center_loss_weight (`float`, *optional*, defaults to 0.0): Weight of the centre-quality loss: the pooled
             centre image tokens must predict the caption's words. 0 disables it.
+        word_loss_weight (`float`, *optional*, defaults to 0.0): Weight of the word-detection loss: the encoder's image
+            tokens, pooled by log-sum-exp, must name the words of the caption (multiple-instance learning from the
+            captions, Fang et al., 2015). It teaches the image side what the caption says without the decoder in the
+            way. 0 disables it.
         decoder_type (`str`, *optional*, defaults to `"autoregressive"`): `"non_autoregressive"` decodes every
             caption position at once (design item 10): a length head on the encoder output predicts the caption
             length, then `nar_iterations` passes of mask-predict refinement (Ghazvininejad et al., 2019).
@@ -232,6 +236,7 @@ class CenterFocusConfig(PretrainedConfig):
         contrastive_dim: int = 256,
         contrastive_temperature: float = 0.07,
         center_loss_weight: float = 0.0,
+        word_loss_weight: float = 0.0,
         decoder_type: Literal["autoregressive", "non_autoregressive"] = "autoregressive",
         nar_iterations: int = 4,
         nar_max_length: int = 32,
@@ -293,6 +298,7 @@ class CenterFocusConfig(PretrainedConfig):
         self.contrastive_dim = contrastive_dim
         self.contrastive_temperature = contrastive_temperature
         self.center_loss_weight = center_loss_weight
+        self.word_loss_weight = word_loss_weight
         self.decoder_type = decoder_type
         self.nar_iterations = nar_iterations
         self.nar_max_length = nar_max_length
@@ -361,7 +367,7 @@ class CenterFocusConfig(PretrainedConfig):
         _check(self.decoder_type != "non_autoregressive" or self.nar_max_length < self.max_position_embeddings,
                f"`nar_max_length` ({self.nar_max_length}) must be below `max_position_embeddings` "
                f"({self.max_position_embeddings}).")
-        for name in ("contrastive_loss_weight", "center_loss_weight", "nar_length_loss_weight"):
+        for name in ("contrastive_loss_weight", "center_loss_weight", "word_loss_weight", "nar_length_loss_weight"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
         _check(_is_number(self.contrastive_temperature) and self.contrastive_temperature > 0,

@@ -98,11 +98,13 @@ class CenterFocusSeq2SeqLMOutput(Seq2SeqLMOutput):
         lm_loss (`torch.FloatTensor` of shape `()`): Caption cross-entropy (positions labelled -100 ignored).
         contrastive_loss (`torch.FloatTensor` of shape `()`): Image-caption alignment loss, when enabled.
         center_loss (`torch.FloatTensor` of shape `()`): Centre-quality loss, when enabled.
+        word_loss (`torch.FloatTensor` of shape `()`): Word-detection loss, when enabled.
     """
 
     lm_loss: Optional[torch.FloatTensor] = None
     contrastive_loss: Optional[torch.FloatTensor] = None
     center_loss: Optional[torch.FloatTensor] = None
+    word_loss: Optional[torch.FloatTensor] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1399,6 +1401,8 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
         if config.center_loss_weight > 0:
             self.center_head = nn.Linear(config.hidden_size, config.hidden_size)
+        if config.word_loss_weight > 0:
+            self.word_head = nn.Linear(config.hidden_size, config.hidden_size)
         self.is_non_autoregressive = config.decoder_type == "non_autoregressive"
         if self.is_non_autoregressive:
             self.length_head = nn.Linear(config.hidden_size, config.nar_max_length + 1)
@@ -1506,6 +1510,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             lm_loss=losses.get("lm_loss"),
             contrastive_loss=losses.get("contrastive_loss"),
             center_loss=losses.get("center_loss"),
+            word_loss=losses.get("word_loss"),
         )
         return output if return_dict else output.to_tuple()
 
@@ -1525,6 +1530,9 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         if self.config.center_loss_weight > 0:
             losses["center_loss"] = self._center_loss(image_states, labels)
             losses["loss"] = losses["loss"] + self.config.center_loss_weight * losses["center_loss"]
+        if self.config.word_loss_weight > 0:
+            losses["word_loss"] = self._word_loss(image_states, labels)
+            losses["loss"] = losses["loss"] + self.config.word_loss_weight * losses["word_loss"]
         return losses
 
     def _contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -1544,6 +1552,20 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         valid = labels != -100
         picked = log_probs.gather(1, labels.clamp(min=0))  # (B, T)
         return -(picked * valid).sum() / valid.sum().clamp(min=1)
+
+    def _word_loss(self, image_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Word detection from the captions (multiple-instance learning, Fang et al., 2015): every image token scores
+        every vocabulary word (a head, then the tied embedding); an image's score for a word is the log-sum-exp over
+        its tokens minus log N, between their mean and their maximum (Pinheiro and Collobert, 2015), so one token can
+        carry a word without the others; the softmax of the scores must spread its mass evenly over the caption's
+        distinct words (multi-label softmax, Mahajan et al., 2018). The caption loss reaches the image tokens only
+        through the decoder; this loss reaches them in one step."""
+        logits = F.linear(self.word_head(image_states), self.get_input_embeddings().weight)  # (B, N, V)
+        scores = torch.logsumexp(_upcast(logits), dim=1) - math.log(logits.shape[1])  # (B, V)
+        valid = (labels != -100).to(scores.dtype)  # (B, T)
+        targets = torch.zeros_like(scores).scatter_add(1, labels.clamp(min=0), valid).clamp(max=1)  # (B, V)
+        log_probs = F.log_softmax(scores, dim=-1)
+        return (-(targets * log_probs).sum(1) / targets.sum(1).clamp(min=1)).mean()
 
     # ---- non-autoregressive decoding (decoder_type="non_autoregressive") ----
 

@@ -32,6 +32,7 @@ SWITCHES = [
     {"cross_modal_attention_type": "cls_only"},
     {"contrastive_loss_weight": 0.5},
     {"center_loss_weight": 0.5},
+    {"word_loss_weight": 0.5},
     {"encoder_layers": 0},
     {"stem_norm_type": "batch"},
     {"stem_norm_type": "group"},
@@ -108,6 +109,7 @@ def test_switch_forward_backward_every_parameter_gets_gradient(overrides):
         ({"modality_gate_type": "none"}, "modality_gate."),
         ({"contrastive_loss_weight": 0.0}, "projection"),
         ({"center_loss_weight": 0.0}, "center_head"),
+        ({"word_loss_weight": 0.0}, "word_head"),
         ({"decoder_type": "autoregressive"}, "length_head"),
     ],
 )
@@ -365,6 +367,30 @@ def test_auxiliary_losses_add_to_the_caption_loss():
     expected = outputs.lm_loss + 0.5 * outputs.contrastive_loss + 0.25 * outputs.center_loss
     torch.testing.assert_close(outputs.loss, expected)
     assert outputs.contrastive_loss > 0 and outputs.center_loss > 0
+
+
+def test_word_loss_is_multiple_instance_word_detection_in_float64():
+    # reference with explicit loops over images, words and tokens, in float64
+    model = _model(word_loss_weight=0.5).double().eval()
+    batch = _batch(model.config, batch_size=3, target_length=6)
+    batch["labels"][0, 2] = batch["labels"][0, 1]  # a repeated word counts once
+    batch["labels"][1, 4:] = -100  # ignored positions name no word
+    outputs = model(**batch)
+    image_states = outputs.encoder_last_hidden_state[:, :model.config.num_image_tokens]
+    embedding = model.get_input_embeddings().weight
+    losses = []
+    for b in range(image_states.shape[0]):
+        token_logits = model.word_head(image_states[b]) @ embedding.t()  # (N, V)
+        n = token_logits.shape[0]
+        scores = torch.stack([torch.log(sum(torch.exp(token_logits[i, w]) for i in range(n)) / n)
+                              for w in range(token_logits.shape[1])])
+        log_probs = scores - torch.log(torch.exp(scores).sum())
+        words = sorted({int(t) for t in batch["labels"][b] if t != -100})
+        losses.append(-sum(log_probs[w] for w in words) / len(words))
+    torch.testing.assert_close(outputs.word_loss, torch.stack(losses).mean(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outputs.loss, outputs.lm_loss + 0.5 * outputs.word_loss, rtol=1e-12, atol=1e-12)
+    outputs.loss.backward()
+    assert model.model.encoder.vision_stem.stages[0].conv.weight.grad.abs().sum() > 0
 
 
 def test_eager_and_sdpa_agree():

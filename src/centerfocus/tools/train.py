@@ -125,6 +125,8 @@ class ModelArguments:
     contrastive_loss_weight: Optional[float] = field(default=None, metadata={
         "help": "Weight of the contrastive image-caption alignment loss."})
     center_loss_weight: Optional[float] = field(default=None, metadata={"help": "Weight of the centre-quality loss."})
+    word_loss_weight: Optional[float] = field(default=None, metadata={
+        "help": "Weight of the word-detection loss (the image tokens name the caption's words)."})
     decoder_type: Optional[str] = field(default=None, metadata={
         "help": "'autoregressive' (default) or 'non_autoregressive' (length prediction + mask-predict refinement)."})
     nar_iterations: Optional[int] = field(default=None, metadata={"help": "Mask-predict passes (non-autoregressive)."})
@@ -259,7 +261,7 @@ def new_model_config(model_args: ModelArguments, data_args: DataArguments,
     apply_overrides(kwargs, model_args.config_overrides)
     if data_args.image_size:  # the explicit flag wins over the preset and over --config_overrides
         kwargs["image_size"] = data_args.image_size
-    for name in ("contrastive_loss_weight", "center_loss_weight", "decoder_type", "nar_iterations"):
+    for name in ("contrastive_loss_weight", "center_loss_weight", "word_loss_weight", "decoder_type", "nar_iterations"):
         if getattr(model_args, name) is not None:
             kwargs[name] = getattr(model_args, name)
     if kwargs.get("decoder_type") == "non_autoregressive":
