@@ -32,13 +32,14 @@ from common import (  # benchmarks/ runs as scripts: python benchmarks/NAME.py
     report,
 )
 
+from centerfocus._compat import VISION_ENCODER_DECODER_SHIFTS_LABELS_TWICE
+
 
 MODELS = ("centerfocus", "centerfocus_foveated", "vision_encoder_decoder", "blip", "git")
 CAPTION_TOKENS = 32
 VOCAB = 30522
-# transformers 4.57's VisionEncoderDecoder loss shifts the already shifted labels once more; 5.x computes plain
-# cross-entropy (checked in its modeling_vision_encoder_decoder.py), so there the model's own loss is used
-VED_SHIFTS_LABELS_TWICE = int(transformers.__version__.split(".")[0]) < 5
+# on 4.57 VisionEncoderDecoder gets a plain cross-entropy; on 5.x its own loss is that
+VED_SHIFTS_LABELS_TWICE = VISION_ENCODER_DECODER_SHIFTS_LABELS_TWICE
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 
@@ -20,6 +19,7 @@ from centerfocus import (
     CenterFocusImageProcessor,
     CenterFocusProcessor,
 )
+from centerfocus._compat import TRANSFORMERS_5
 from centerfocus.tools.tokenizer import train_caption_tokenizer
 
 
@@ -35,7 +35,6 @@ CAPTIONS = [
 ]
 
 
-TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 # transformers 5 removed the image-to-text task: its name opens the image-text-to-text pipeline, which needs text for
 # every model. image-text-to-text with text="" captions on both lines (pipeline_captions).
 only_transformers_4 = pytest.mark.skipif(

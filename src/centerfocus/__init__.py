@@ -23,9 +23,6 @@ def register_auto_classes() -> None:
     """Register CenterFocus with the transformers Auto classes (idempotent) and mark the classes for
     ``save_pretrained`` to write ``auto_map`` entries and copy the model code (so saved folders load with
     ``trust_remote_code=True`` where this package is not installed)."""
-    import warnings
-
-    import transformers
     from transformers import (
         AutoConfig,
         AutoImageProcessor,
@@ -35,32 +32,32 @@ def register_auto_classes() -> None:
         AutoProcessor,
     )
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecated in 4.57, whose pipeline still resolves it
-        vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)  # removed in transformers 5
+    from ._compat import (
+        PIPELINES_LOOK_FOR_A_VIDEO_PROCESSOR,
+        REGISTERS_TORCH_FAST_IMAGE_PROCESSOR,
+        auto_model_for_vision2seq,
+    )
 
+    vision2seq = auto_model_for_vision2seq()
     AutoConfig.register(CenterFocusConfig.model_type, CenterFocusConfig, exist_ok=True)
     AutoModel.register(CenterFocusConfig, CenterFocusModel, exist_ok=True)
     if vision2seq is not None:
         vision2seq.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(CenterFocusConfig, CenterFocusForConditionalGeneration, exist_ok=True)
     AutoModelForImageClassification.register(CenterFocusConfig, CenterFocusForImageClassification, exist_ok=True)
-    # 5.x: the "pil" and "torchvision" backends (the fast one needs torch only). 4.57 takes as fast processors only
-    # subclasses of its torchvision-based BaseImageProcessorFast: there the fast class is used directly.
-    fast = {"fast_image_processor_class": CenterFocusImageProcessorFast} if vision2seq is None else {}
+    # on 4.57 the fast class is not registered: it is used directly
+    fast = {"fast_image_processor_class": CenterFocusImageProcessorFast} if REGISTERS_TORCH_FAST_IMAGE_PROCESSOR else {}
     AutoImageProcessor.register(CenterFocusConfig, slow_image_processor_class=CenterFocusImageProcessor, **fast,
                                 exist_ok=True)
     AutoProcessor.register(CenterFocusConfig, CenterFocusProcessor, exist_ok=True)
-    if vision2seq is None:
-        # transformers 5's pipelines also look for a video processor, and guess one from the image processor's
-        # auto_map ("CenterFocusVideoProcessor"), which asks "Do you wish to run the custom code?" at a terminal:
-        # CenterFocus has none, registered as an empty mapping (the pipeline then goes on without one)
+    if PIPELINES_LOOK_FOR_A_VIDEO_PROCESSOR:
+        # CenterFocus has none: an empty mapping, so that the pipeline goes on without one instead of asking
         from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # real without torchvision
 
         AutoVideoProcessor.register(CenterFocusConfig, video_processor_classes={}, exist_ok=True)
 
     CenterFocusConfig.register_for_auto_class()
-    # the config's auto_map names both model Auto classes (see modeling_centerfocus._AUTO_MAP)
+    # the config's auto_map names both model Auto classes (loading_centerfocus.AUTO_MAP)
     CenterFocusForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     CenterFocusImageProcessor.register_for_auto_class("AutoImageProcessor")
     CenterFocusProcessor.register_for_auto_class("AutoProcessor")

@@ -10,13 +10,9 @@ Shape legend used in comments and docstrings:
     nh attention heads, hd head size, V vocabulary.
 """
 
-import logging as std_logging
 import math
-import os
-import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -41,26 +37,12 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
+from ._compat import CACHE_FIELD, init
 from .configuration_centerfocus import CenterFocusConfig
+from .loading_centerfocus import AUTO_MAP, load_with_clear_errors
 
 
 logger = logging.get_logger(__name__)
-
-# ---- transformers 4.57 / 5.x: the differences this file follows ----
-# transformers 5 renamed the KV cache from `past_key_values` to `cache`, as a forward argument (what generate()
-# passes) and as an output field. The forwards below take `cache` and still accept `past_key_values` (what 4.57's
-# generate() and Optimum's exporter pass); outputs are built with the field name of the installed line.
-CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
-
-
-# transformers 5 builds a model on the meta device before loading a checkpoint: `_init_weights` must then initialise
-# what the checkpoint does not hold (non-persistent buffers), with its `initialization` functions, which leave loaded
-# tensors alone. 4.57 builds the model for real; torch's own init functions are what it calls.
-try:
-    from transformers import initialization as init
-except ImportError:  # transformers 4.57
-    from torch.nn import init
-
 
 def _one_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
     if cache is not None and past_key_values is not None:
@@ -857,51 +839,6 @@ def check_finite_pixel_values(pixel_values) -> None:
                          "that step.")
 
 
-# Every Auto class a saved folder should answer to with `trust_remote_code=True` (save_pretrained records only one
-# model class by itself). AutoModelForVision2Seq is deprecated, but the 4.57 image-to-text pipeline resolves it.
-_AUTO_MAP = {
-    "AutoConfig": "configuration_centerfocus.CenterFocusConfig",
-    "AutoModel": "modeling_centerfocus.CenterFocusModel",
-    "AutoModelForVision2Seq": "modeling_centerfocus.CenterFocusForConditionalGeneration",
-    "AutoModelForImageTextToText": "modeling_centerfocus.CenterFocusForConditionalGeneration",
-}
-
-
-_DAMAGED_HINT = ("an interrupted copy or download leaves a file cut short: copy or download it again, or save the "
-                 "model again")
-
-
-def check_safetensors_file(path) -> None:
-    """Raise `OSError` naming `path` when its safetensors header cannot be read (a truncated or corrupted file)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except Exception as error:  # SafetensorError, HeaderTooLarge, ...
-        raise OSError(f"{path} is damaged ({type(error).__name__}: {error}); {_DAMAGED_HINT}.") from None
-
-
-class _LoadReport(std_logging.Handler):
-    """Keeps the load report transformers 5 logs from `from_pretrained` (ANSI colours removed)."""
-
-    def __init__(self):
-        super().__init__(std_logging.WARNING)
-        self.text = ""
-
-    def emit(self, record):
-        message = record.getMessage()
-        if "LOAD REPORT" in message:
-            self.text = re.sub(r"\x1b\[[0-9;]*m", "", message)
-
-    def __enter__(self):
-        std_logging.getLogger("transformers").addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        std_logging.getLogger("transformers").removeHandler(self)
-
-
 class CenterFocusPreTrainedModel(PreTrainedModel):
     config_class = CenterFocusConfig
     base_model_prefix = "model"
@@ -919,31 +856,13 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: CenterFocusConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.config.auto_map = {**_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`. Where config.json does not match the weights, transformers 5 logs a
-        table and raises "You set `ignore_mismatched_sizes` to `False`..."; the error here carries that table (which
-        weights, which shapes), as 4.57's "size mismatch for ..." did."""
-        with _LoadReport() as report:
-            try:
-                return super().from_pretrained(*args, **kwargs)
-            except Exception as error:
-                if "safetensor" in type(error).__name__.lower() or "deserializing header" in str(error):
-                    folder = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-                    if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
-                        for path in sorted(Path(folder).glob("*.safetensors")):
-                            check_safetensors_file(path)  # OSError naming the damaged file
-                    raise OSError(f"Cannot read the weights of {folder} ({type(error).__name__}: {error}); "
-                                  f"{_DAMAGED_HINT}.") from None
-                if not isinstance(error, RuntimeError):
-                    raise
-                if "ignore_mismatched_sizes" not in str(error) or not report.text:
-                    raise
-                raise RuntimeError(f"size mismatch: the checkpoint's weights do not have the shapes its config.json "
-                                   f"gives (pass `ignore_mismatched_sizes=True` to re-initialise them):\n"
-                                   f"{report.text}") from None
+        """`PreTrainedModel.from_pretrained`, with errors that name the damaged file or the mismatched weights
+        (`loading_centerfocus.load_with_clear_errors`)."""
+        return load_with_clear_errors(super().from_pretrained, *args, **kwargs)
 
     def enable_input_require_grads(self) -> None:
         """Make the inputs of the transformer layers require grad, so that adapters (LoRA) inside checkpointed layers
@@ -1226,9 +1145,12 @@ class CenterFocusDecoder(CenterFocusPreTrainedModel):
             check_dynamic_cache(past_key_values)
 
         # 1. embed with absolute positions that continue after the cached prefix
-        check_token_ids("decoder_input_ids", input_ids, self.embed_tokens.num_embeddings)
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_length == 0:
+            # the ids a caller gives (the prefix, or training inputs), checked once: the check reads the tensor on the
+            # host, and the tokens generate() appends after the first step come from the vocabulary anyway
+            check_token_ids("decoder_input_ids", input_ids, self.embed_tokens.num_embeddings)
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         query_length = hidden_states.shape[1]
         if past_length + query_length > self.config.max_position_embeddings:
             raise ValueError(f"The caption would reach {past_length + query_length} tokens, more than "

@@ -5,19 +5,14 @@ import os
 from typing import Optional, Union
 
 import numpy as np
-import transformers
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
+from ._compat import PORTABLE_FAST_TOKENIZER_CLASS, PROCESSOR_NAMES_ITS_IMAGE_PROCESSOR_CLASS
+
 
 logger = logging.get_logger(__name__)
-
-# ---- transformers 4.57 / 5.x: the differences this file follows ----
-# 4.57 finds each part's class through `<part>_class` attributes; 5.x through the Auto mappings (and warns about an
-# `image_processor_class`). 5.x records a tokenizers-backed tokenizer as "TokenizersBackend", a class 4.57 lacks;
-# "PreTrainedTokenizerFast" is the name both lines load.
-_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
 # A tokenizer's `model_max_length` at or above this is transformers' "no limit" placeholder (VERY_LARGE_INTEGER).
 _NO_LENGTH_LIMIT = 1_000_000
@@ -85,7 +80,7 @@ def portable_tokenizer_config(folder: str) -> None:
     path = os.path.join(folder, "tokenizer_config.json")
     config = _read_json(folder, "tokenizer_config.json")
     if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config["tokenizer_class"] = PORTABLE_FAST_TOKENIZER_CLASS
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True, ensure_ascii=False)
             handle.write("\n")
@@ -120,7 +115,7 @@ class CenterFocusProcessor(ProcessorMixin):
 
     attributes = ["image_processor", "tokenizer"]
     valid_processor_kwargs = CenterFocusProcessorKwargs
-    if _TRANSFORMERS_4:
+    if PROCESSOR_NAMES_ITS_IMAGE_PROCESSOR_CLASS:
         image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import transformers
 
+from centerfocus._compat import TRANSFORMERS_5
+
 
 VERSION = transformers.__version__
-MAJOR = int(VERSION.split(".")[0])
-TRANSFORMERS_5 = MAJOR >= 5
 PACKAGE = "upstream"
 # the top-level test files the suites here import (the rest of tests/*.py is unpacked too, unused)
 MODULES = ("test_configuration_common", "test_modeling_common", "test_image_processing_common",
@@ -330,4 +330,4 @@ def load_or_skip(module: str):
         pytest.skip(f"transformers' common tests unavailable: {error}", allow_module_level=True)
 
 
-__all__ = ["MAJOR", "TRANSFORMERS_5", "VERSION", "UpstreamUnavailable", "ensure_cache", "load", "load_or_skip"]
+__all__ = ["TRANSFORMERS_5", "VERSION", "UpstreamUnavailable", "ensure_cache", "load", "load_or_skip"]

@@ -690,3 +690,18 @@ def test_edge_pixel_values_without_an_edge_stem_or_with_bad_shapes_raise():
         model(pixel_values=pixels, labels=torch.tensor([0, 1]), edge_pixel_values=torch.rand(3, 3, 16, 16))
     with pytest.raises(ValueError, match="labels"):
         model(pixel_values=pixels, edge_pixel_values=torch.rand(2, 3, 16, 16))
+
+
+def test_generate_checks_the_decoder_ids_once_not_at_every_step(monkeypatch):
+    # the check reads ids on the host: at every step it would synchronise a GPU once per generated token
+    import centerfocus.modeling_centerfocus as modeling
+
+    calls = []
+    check = modeling.check_token_ids
+    monkeypatch.setattr(modeling, "check_token_ids", lambda name, *args, **kwargs: (calls.append(name),
+                                                                                      check(name, *args, **kwargs)))
+    model = _model().eval()
+    pixel_values = _batch(model.config)["pixel_values"]
+    generated = model.generate(pixel_values=pixel_values, max_new_tokens=6, min_new_tokens=6)
+    assert generated.shape[1] >= 6
+    assert calls.count("decoder_input_ids") == 1

@@ -33,25 +33,20 @@ from typing import Any, Optional, Union
 
 import huggingface_hub
 
+from ..loading_centerfocus import AUTO_MAP, IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP
+
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-#: The model code every repository must carry (loaded with `trust_remote_code=True`).
+#: The model code every repository must carry (loaded with `trust_remote_code=True`), with the modules these import
+#: relatively (`code_files`).
 CODE_FILES = ("configuration_centerfocus.py", "modeling_centerfocus.py", "image_processing_centerfocus.py",
               "processing_centerfocus.py")
 
-#: `auto_map` entries of config.json (missing keys are added).
-CONFIG_AUTO_MAP = {
-    "AutoConfig": "configuration_centerfocus.CenterFocusConfig",
-    "AutoModel": "modeling_centerfocus.CenterFocusModel",
-    "AutoModelForVision2Seq": "modeling_centerfocus.CenterFocusForConditionalGeneration",
-    "AutoModelForImageTextToText": "modeling_centerfocus.CenterFocusForConditionalGeneration",
-}
-PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_centerfocus.CenterFocusProcessor"}
-IMAGE_PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_centerfocus.CenterFocusImageProcessor",
-                            **PROCESSOR_AUTO_MAP}
+#: `auto_map` entries of config.json (missing keys are added), of the processor files and the image processor's.
+CONFIG_AUTO_MAP = AUTO_MAP
 
 #: Extensions of pickle-based weight/state files. They are never loaded and never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -136,6 +131,23 @@ class PublishResult:
 # ----------------------------------------------------------------------------------------------------------------
 # Checks on the source folder
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def code_files(folder: PathLike) -> list[str]:
+    """`CODE_FILES` and every module they import relatively, recursively, found in `folder` as transformers'
+    remote-code loader finds them (`get_relative_imports`): a folder saved by an earlier version names only what its
+    own code imports. Modules that are missing from `folder` are listed too, for the caller to refuse."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    names, queue = [], list(CODE_FILES)
+    while queue:
+        name = queue.pop(0)
+        if name in names:
+            continue
+        names.append(name)
+        if (Path(folder) / name).is_file():
+            queue += [f"{module}.py" for module in get_relative_imports(Path(folder) / name)]
+    return names
 
 
 def find_pickle_files(folder: PathLike) -> tuple[list[str], list[str]]:
@@ -570,7 +582,7 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
     config = _read_json(source / "config.json")
     if config.get("model_type") != "centerfocus":
         raise HubUploadError(f"config.json has model_type {config.get('model_type')!r}, expected 'centerfocus'.")
-    missing_code = [name for name in CODE_FILES if not (source / name).is_file()]
+    missing_code = [name for name in code_files(source) if not (source / name).is_file()]
     if missing_code and not refresh_code:
         raise HubUploadError(
             f"Refusing {source}: code file(s) {', '.join(missing_code)} missing; the repository would not load with "
@@ -603,7 +615,7 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
     code_origin = _package_code_dir() if refresh_code else source
     if refresh_code:
         logger.info(f"Copying the model code from the installed package ({code_origin}).")
-    for name in CODE_FILES:
+    for name in code_files(code_origin):
         copy(name, code_origin / name)
     _copy_with_auto_map(source / "preprocessor_config.json", target / "preprocessor_config.json",
                         IMAGE_PROCESSOR_AUTO_MAP)
@@ -840,7 +852,7 @@ def verify_repo_folder(folder: PathLike, timeout: float = 300.0) -> str:
     refused, ignored = find_pickle_files(folder)
     if refused or ignored:
         raise HubUploadError(f"{folder} holds pickle file(s): {', '.join(refused + ignored)}.")
-    missing = [name for name in CODE_FILES if not (folder / name).is_file()]
+    missing = [name for name in code_files(folder) if not (folder / name).is_file()]
     if missing:
         raise HubUploadError(f"{folder} lacks code file(s) {', '.join(missing)}.")
     _weight_files(folder)

@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..modeling_centerfocus import CenterFocusForConditionalGeneration, check_safetensors_file
+from ..loading_centerfocus import check_safetensors_file
+from ..modeling_centerfocus import CenterFocusForConditionalGeneration
 from ..processing_centerfocus import CenterFocusProcessor
 from .progress import progress
 

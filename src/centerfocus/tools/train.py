@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +29,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from .._compat import TRAINING_ARGUMENTS_DROPPED
 from ..configuration_centerfocus import CenterFocusConfig
 from ..image_processing_centerfocus import CenterFocusImageProcessor
 from ..modeling_centerfocus import CenterFocusForConditionalGeneration, CenterFocusForImageClassification
@@ -67,9 +68,6 @@ _OVERWRITE_HELP = ("Train into a non-empty --output_dir (its model files are rep
                    "TrainingArguments flag; the example-script convention it served is kept here on both lines.")
 
 
-_TRANSFORMERS_5 = "warmup_ratio" not in {f.name for f in fields(TrainingArguments)}
-
-
 @dataclass
 class _KeptTrainingArguments:
     """Flags transformers 5 dropped from `TrainingArguments`, kept on both lines so that a command written for one
@@ -77,7 +75,7 @@ class _KeptTrainingArguments:
     as that ratio)."""
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": _OVERWRITE_HELP})
-    if _TRANSFORMERS_5:
+    if "warmup_ratio" in TRAINING_ARGUMENTS_DROPPED:
         warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warmup over this fraction of the steps "
                                                                    "(as --warmup_steps below 1 on transformers 5)."})
 
