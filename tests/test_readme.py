@@ -58,3 +58,11 @@ def test_readme_quickstart_runs_against_a_demo_model(tmp_path, monkeypatch):
                                   "docs/robustness.md", "docs/demo.md"])
 def test_linked_docs_exist(path):
     assert path in README and (ROOT / path).is_file()
+
+
+def test_readme_switch_table_lists_every_switch_of_the_config():
+    from centerfocus.configuration_centerfocus import SWITCHES
+
+    table = README.split("## Model switches", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(\w+)`", table, flags=re.MULTILINE))
+    assert listed == set(SWITCHES)

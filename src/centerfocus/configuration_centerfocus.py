@@ -23,21 +23,28 @@ ENCODER_ATTENTION_TYPES = ("full", "center_local")
 CROSS_MODAL_ATTENTION_TYPES = ("full", "cls_only")
 DECODER_TYPES = ("autoregressive", "non_autoregressive")
 
-_SWITCHES = {
-    "center_weighting_type": CENTER_WEIGHTING_TYPES,
-    "stem_norm_type": STEM_NORM_TYPES,
-    "channel_pruning_type": CHANNEL_PRUNING_TYPES,
-    "edge_compensation_type": EDGE_COMPENSATION_TYPES,
-    "edge_precision": EDGE_PRECISIONS,
-    "channel_attention_type": CHANNEL_ATTENTION_TYPES,
-    "image_tokenizer_type": IMAGE_TOKENIZER_TYPES,
-    "position_embedding_type": POSITION_EMBEDDING_TYPES,
-    "modality_embedding_type": MODALITY_EMBEDDING_TYPES,
-    "modality_gate_type": MODALITY_GATE_TYPES,
-    "encoder_attention_type": ENCODER_ATTENTION_TYPES,
-    "cross_modal_attention_type": CROSS_MODAL_ATTENTION_TYPES,
-    "decoder_type": DECODER_TYPES,
+#: Every component switch, defined once: config field -> (allowed values, or None for a loss weight >= 0; what it
+#: chooses). The validation below, the model's registries (a test checks that they match), the model card and the
+#: README's table all read this table.
+SWITCHES = {
+    "center_weighting_type": (CENTER_WEIGHTING_TYPES, "Gaussian spatial attention per stem stage"),
+    "stem_norm_type": (STEM_NORM_TYPES, "normalisation after each stem convolution"),
+    "channel_pruning_type": (CHANNEL_PRUNING_TYPES, "dynamic channel pruning of the periphery"),
+    "edge_compensation_type": (EDGE_COMPENSATION_TYPES, "edge-compensation branch on the periphery"),
+    "edge_precision": (EDGE_PRECISIONS, "dtype of the conv edge branch"),
+    "channel_attention_type": (CHANNEL_ATTENTION_TYPES, "squeeze-excitation on the pooled map"),
+    "image_tokenizer_type": (IMAGE_TOKENIZER_TYPES, "image tokens: one per grid cell, or foveated"),
+    "position_embedding_type": (POSITION_EMBEDDING_TYPES, "2-D position embedding of image tokens"),
+    "modality_embedding_type": (MODALITY_EMBEDDING_TYPES, "[IMG]/[TXT] type embeddings"),
+    "modality_gate_type": (MODALITY_GATE_TYPES, "gate balancing image and text tokens"),
+    "encoder_attention_type": (ENCODER_ATTENTION_TYPES, "encoder attention pattern"),
+    "cross_modal_attention_type": (CROSS_MODAL_ATTENTION_TYPES, "how image tokens see the prompt"),
+    "decoder_type": (DECODER_TYPES, "autoregressive (KV cache) or non-autoregressive (mask-predict) decoding"),
+    "contrastive_loss_weight": (None, "weight of the contrastive alignment loss (training)"),
+    "center_loss_weight": (None, "weight of the centre-quality loss (training)"),
+    "word_loss_weight": (None, "weight of the word-detection loss (training)"),
 }
+_SWITCHES = {name: values for name, (values, _) in SWITCHES.items() if values is not None}
 
 _BASE_CONFIG_KEYS: Optional[frozenset] = None
 
@@ -367,7 +374,7 @@ class CenterFocusConfig(PretrainedConfig):
         _check(self.decoder_type != "non_autoregressive" or self.nar_max_length < self.max_position_embeddings,
                f"`nar_max_length` ({self.nar_max_length}) must be below `max_position_embeddings` "
                f"({self.max_position_embeddings}).")
-        for name in ("contrastive_loss_weight", "center_loss_weight", "word_loss_weight", "nar_length_loss_weight"):
+        for name in (*(n for n, (values, _) in SWITCHES.items() if values is None), "nar_length_loss_weight"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
         _check(_is_number(self.contrastive_temperature) and self.contrastive_temperature > 0,

@@ -17,6 +17,7 @@ import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, ModelCard
 
+from centerfocus import CenterFocusConfig
 from centerfocus.tools import hub
 
 from ..conftest import make_image
@@ -386,3 +387,21 @@ def test_a_model_whose_caption_is_empty_passes_the_dry_run(saved_folder, tmp_pat
     result = _run_cli(str(folder), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "repo"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Dry run: nothing uploaded" in result.stdout
+
+
+def test_model_card_names_every_switch_and_setting_of_a_config_with_every_switch_changed():
+    from centerfocus.configuration_centerfocus import SWITCHES
+
+    changed = {name: (0.5 if values is None else next(v for v in values if v != getattr(CenterFocusConfig(), name)))
+               for name, (values, _) in SWITCHES.items()}
+    changed.update(edge_stem_width_ratio=1.0, edge_stem_residual_blocks=1, stem_norm_type="batch")
+    config = CenterFocusConfig(**changed).to_dict()
+    card = hub.build_model_card(config, "someone/centerfocus-test")
+    for name in SWITCHES:
+        value = config[name]
+        assert value != CenterFocusConfig().to_dict()[name], name
+        assert re.search(rf"\| `{name}` \| `?{re.escape(str(value))}`? \|", card), name
+    for name in hub.SETTING_FIELDS:
+        if name in config:
+            assert f"| `{name}` |" in card, name
+    assert "| `edge_stem_residual_blocks` | 1 |" in card and "| `nar_iterations` |" in card

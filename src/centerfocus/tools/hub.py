@@ -18,6 +18,7 @@ written, or passed to the verification process.
 """
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any, Optional, Union
 
 import huggingface_hub
 
+from ..configuration_centerfocus import SWITCHES, CenterFocusConfig
 from ..loading_centerfocus import AUTO_MAP, IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP
 
 
@@ -68,23 +70,11 @@ ONNX_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data", ".json", ".py", ".txt")
 #: Optional file in the model folder recording what the model was trained on: `{"datasets": ["owner/name"]}`.
 TRAINING_INFO_FILE = "centerfocus_training.json"
 
-SWITCH_FIELDS = {
-    "center_weighting_type": "Gaussian spatial attention per stem stage",
-    "channel_pruning_type": "dynamic channel pruning of the periphery",
-    "edge_compensation_type": "edge-compensation branch on the periphery",
-    "edge_precision": "dtype of the edge branch",
-    "channel_attention_type": "squeeze-excitation on the pooled map",
-    "image_tokenizer_type": "image tokens (grid pooling or foveated)",
-    "position_embedding_type": "2-D position embedding of image tokens",
-    "modality_embedding_type": "[IMG]/[TXT] type embeddings",
-    "modality_gate_type": "gate balancing image and text tokens",
-    "encoder_attention_type": "encoder attention pattern",
-    "cross_modal_attention_type": "how image tokens see the prompt",
-    "contrastive_loss_weight": "weight of the contrastive alignment loss (training)",
-    "center_loss_weight": "weight of the centre-quality loss (training)",
-}
-SIZE_FIELDS = ("hidden_size", "encoder_layers", "decoder_layers", "num_attention_heads", "intermediate_size",
-               "image_size", "stem_channels", "image_tokenizer_grid_size", "vocab_size", "max_position_embeddings")
+#: The card's component table: every switch of the config (`configuration_centerfocus.SWITCHES`).
+SWITCH_FIELDS = {name: text for name, (_, text) in SWITCHES.items()}
+#: The card's settings table: every other field `CenterFocusConfig` takes (sizes, stem, edge stem, decoding, tokens).
+SETTING_FIELDS = tuple(name for name in inspect.signature(CenterFocusConfig.__init__).parameters
+                       if name not in ("self", "kwargs") and name not in SWITCH_FIELDS)
 
 # eval key (without "eval_") -> (name in the card, Hub metric id or None)
 KNOWN_METRICS = {
@@ -433,8 +423,8 @@ def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None,
     ]
     lines += [f"| `{key}` | {_format_value(config[key])} | {text} |" for key, text in SWITCH_FIELDS.items()
               if key in config]
-    lines += ["", "| size field | value |", "| --- | --- |"]
-    lines += [f"| `{key}` | {_format_value(config[key])} |" for key in SIZE_FIELDS if key in config]
+    lines += ["", "| setting | value |", "| --- | --- |"]
+    lines += [f"| `{key}` | {_format_value(config[key])} |" for key in SETTING_FIELDS if key in config]
     if num_parameters is not None:
         lines.append(f"| parameters (stored) | {num_parameters:,} |")
     lines += ["", "## Evaluation", ""]
