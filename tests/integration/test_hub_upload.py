@@ -1,4 +1,5 @@
-"""hub_upload.py / centerfocus.tools.hub: assemble, verify and upload a trained folder as a Hub repository.
+"""hub_upload.py / centerfocus.tools.hub (with hub_card and hub_verify): assemble, verify and upload a trained folder
+as a Hub repository.
 
 Everything is offline: the upload path runs against a fake HfApi that records its calls.
 """
@@ -18,7 +19,8 @@ import torch
 from huggingface_hub import CommitOperationAdd, ModelCard
 
 from centerfocus import CenterFocusConfig
-from centerfocus.tools import hub
+from centerfocus._compat import auto_model_for_vision2seq
+from centerfocus.tools import hub, hub_card
 
 from ..conftest import make_image
 from ..fresh_process import run_without_package
@@ -141,14 +143,15 @@ def test_dry_run_folder_loads_and_captions_without_the_package(dry_run, images, 
     for i, image in enumerate(images):
         image.save(tmp_path / f"image_{i}.png")
         paths.append(str(tmp_path / f"image_{i}.png"))
+    # AutoModelForVision2Seq on 4.57 (transformers 5 removed it)
+    vision2seq = "AutoModelForImageTextToText" if auto_model_for_vision2seq() is None else "AutoModelForVision2Seq"
     result = run_without_package(f"""
         import json, warnings
         from PIL import Image
         from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
         warnings.simplefilter("ignore", FutureWarning)
         import transformers
-        # AutoModelForVision2Seq: 4.57 only (transformers 5 removed it)
-        vision2seq = getattr(transformers, "AutoModelForVision2Seq", AutoModelForImageTextToText)
+        vision2seq = getattr(transformers, {vision2seq!r})
         folder = {str(out)!r}
         v2s = vision2seq.from_pretrained(folder, trust_remote_code=True).eval()
         itt = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
@@ -189,7 +192,7 @@ def test_model_card_metadata_and_content(dry_run, source_folder):
     assert results["bleu"] == round(METRICS["eval_bleu4"], 4)
     assert results["cider"] == round(METRICS["eval_cider"], 4)
     config = json.loads((source_folder / "config.json").read_text())
-    for key in hub.SWITCH_FIELDS:
+    for key in hub_card.SWITCH_FIELDS:
         value = config[key]
         assert re.search(rf"\| `{key}` \| `?{re.escape(str(value))}`? \|", card.text), key
     for key in ("hidden_size", "encoder_layers", "decoder_layers", "vocab_size", "image_size"):
@@ -347,6 +350,19 @@ def test_verification_is_bounded_by_a_timeout(dry_run):
         hub.verify_repo_folder(out, timeout=0.05)
 
 
+def test_verification_program_runs_by_path_without_the_package(tmp_path):
+    # hub_verify.py blocks centerfocus before anything else (else its first check, "isolation", fails) and names the
+    # check a folder failed
+    result_path = tmp_path / "result.json"
+    payload = {"folder": str(tmp_path / "missing"), "result": str(result_path), "snippets": [], "vision2seq": False,
+               "pipeline_tasks": []}
+    process = subprocess.run([sys.executable, str(hub.VERIFY_PROGRAM), json.dumps(payload)], capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert process.returncode == 1, process.stderr[-2000:]
+    result = json.loads(result_path.read_text())
+    assert result["ok"] is False and result["checks"] == [] and result["step"] == "AutoConfig", result
+
+
 def test_refresh_code_and_onnx_and_missing_auto_map(source_folder, tmp_path):
     folder = _copy_source(source_folder, tmp_path)
     (folder / "modeling_centerfocus.py").unlink()
@@ -396,12 +412,12 @@ def test_model_card_names_every_switch_and_setting_of_a_config_with_every_switch
                for name, (values, _) in SWITCHES.items()}
     changed.update(edge_stem_width_ratio=1.0, edge_stem_residual_blocks=1, stem_norm_type="batch")
     config = CenterFocusConfig(**changed).to_dict()
-    card = hub.build_model_card(config, "someone/centerfocus-test")
+    card = hub_card.build_model_card(config, "someone/centerfocus-test")
     for name in SWITCHES:
         value = config[name]
         assert value != CenterFocusConfig().to_dict()[name], name
         assert re.search(rf"\| `{name}` \| `?{re.escape(str(value))}`? \|", card), name
-    for name in hub.SETTING_FIELDS:
+    for name in hub_card.SETTING_FIELDS:
         if name in config:
             assert f"| `{name}` |" in card, name
     assert "| `edge_stem_residual_blocks` | 1 |" in card and "| `nar_iterations` |" in card

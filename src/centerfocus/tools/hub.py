@@ -6,10 +6,10 @@ config and a model card. The steps, each usable on its own:
 
 1. `assemble_repo_folder` refuses unsafe or incomplete folders (pickle files, missing code or weights, unreadable
    safetensors, a non-CenterFocus config) and copies an allow-list of files into a fresh folder, adding missing
-   `auto_map` entries and writing the model card (`build_model_card`).
-2. `verify_repo_folder` checks the card's Hub metadata, then loads the folder in a separate, time-limited Python
-   process in which `centerfocus` cannot be imported and the Hub is offline (Auto classes, `pipeline`, and the model
-   card's usage snippets, which must give the same caption as `generate`).
+   `auto_map` entries and writing the model card (`hub_card.build_model_card`).
+2. `verify_repo_folder` checks the card's Hub metadata, then runs `hub_verify.py`, by file path, in a separate,
+   time-limited Python process in which `centerfocus` cannot be imported and the Hub is offline (Auto classes,
+   `pipeline`, and the model card's usage snippets, which must give the same caption as `generate`).
 3. `upload_folder_to_hub` creates the repository (and branch) and uploads every file in one commit.
 
 `publish` runs the three in order and never uploads a folder that failed a check. The Hub token comes from
@@ -18,7 +18,6 @@ written, or passed to the verification process.
 """
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -34,18 +33,15 @@ from typing import Any, Optional, Union
 
 import huggingface_hub
 
-from ..configuration_centerfocus import SWITCHES, CenterFocusConfig
+from .._compat import CAPTIONING_TASKS, auto_model_for_vision2seq
 from ..loading_centerfocus import AUTO_MAP, IMAGE_PROCESSOR_AUTO_MAP, PROCESSOR_AUTO_MAP
+from .hub_card import CODE_FILES, build_model_card, localize_snippet, usage_snippets
+from .hub_verify import IMPORT_BLOCKER as IMPORT_BLOCKER  # tests/fresh_process.py runs its code with it
 
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-
-#: The model code every repository must carry (loaded with `trust_remote_code=True`), with the modules these import
-#: relatively (`code_files`).
-CODE_FILES = ("configuration_centerfocus.py", "modeling_centerfocus.py", "image_processing_centerfocus.py",
-              "processing_centerfocus.py")
 
 #: `auto_map` entries of config.json (missing keys are added), of the processor files and the image processor's.
 CONFIG_AUTO_MAP = AUTO_MAP
@@ -70,24 +66,11 @@ ONNX_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data", ".json", ".py", ".txt")
 #: Optional file in the model folder recording what the model was trained on: `{"datasets": ["owner/name"]}`.
 TRAINING_INFO_FILE = "centerfocus_training.json"
 
-#: The card's component table: every switch of the config (`configuration_centerfocus.SWITCHES`).
-SWITCH_FIELDS = {name: text for name, (_, text) in SWITCHES.items()}
-#: The card's settings table: every other field `CenterFocusConfig` takes (sizes, stem, edge stem, decoding, tokens).
-SETTING_FIELDS = tuple(name for name in inspect.signature(CenterFocusConfig.__init__).parameters
-                       if name not in ("self", "kwargs") and name not in SWITCH_FIELDS)
+#: The verification program, run by file path in a process without the centerfocus package.
+VERIFY_PROGRAM = Path(__file__).resolve().with_name("hub_verify.py")
 
-# eval key (without "eval_") -> (name in the card, Hub metric id or None)
-KNOWN_METRICS = {
-    "bleu4": ("BLEU-4", "bleu"),
-    "rougeL": ("ROUGE-L", "rouge"),
-    "cider": ("CIDEr-D", "cider"),
-    "exact_match": ("exact match", "exact_match"),
-    "center_phrase_exact_match": ("centre-phrase exact match", None),
-    "loss": ("loss", None),
-}
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "samples", "epoch")
 
-CARD_TAGS = ["centerfocus", "image-to-text", "image-captioning", "custom_code"]
 _TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
@@ -306,183 +289,6 @@ def _tokenizer_lowercases(folder: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model card
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return f"`{value}`" if isinstance(value, str) else str(value)
-
-
-def _metric_name(key: str) -> str:
-    return KNOWN_METRICS.get(key.removeprefix("eval_"), (key.removeprefix("eval_"), None))[0]
-
-
-def _metric_id(key: str) -> str:
-    return KNOWN_METRICS.get(key.removeprefix("eval_"), (None, None))[1] or key.removeprefix("eval_")
-
-
-def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None, license: str = "apache-2.0",
-                     metrics: Optional[dict[str, float]] = None, datasets: Optional[list[str]] = None,
-                     num_parameters: Optional[int] = None, lowercase_captions: bool = False,
-                     has_onnx: bool = False, max_length: Optional[int] = None) -> str:
-    """Write the model card (`README.md`): Hub metadata, usage, components, evaluation and limits.
-
-    Args:
-        config: The contents of config.json.
-        repo_id: `owner/name` of the repository (used in the usage snippets).
-        revision: The branch the files go to; the snippets pin `revision=` to it ("main" when None).
-        license: A Hub license id.
-        metrics: `eval_*` metrics recorded by the training run (see `read_eval_metrics`).
-        datasets: Hub dataset ids the model was trained on.
-        num_parameters: Number of parameters stored in the weights.
-        lowercase_captions: Whether the tokenizer lower-cases text (captions come out lower-case).
-        has_onnx: Whether the repository has an `onnx/` folder.
-        max_length: The default caption length limit of generation_config.json (tokens, including the start).
-
-    Returns:
-        The card's text, with YAML metadata that `huggingface_hub.ModelCard` parses.
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    metrics = dict(metrics or {})
-    datasets = list(datasets or [])
-    revision = revision or "main"
-    name = repo_id.split("/")[-1]
-    hub_metrics = [KNOWN_METRICS[k[5:]][1] for k in metrics if KNOWN_METRICS.get(k[5:], (None, None))[1]]
-    eval_results = None
-    if datasets and metrics:
-        eval_results = [
-            EvalResult(task_type="image-to-text", task_name="Image captioning", dataset_type=datasets[0],
-                       dataset_name=datasets[0], metric_type=_metric_id(key), metric_name=_metric_name(key),
-                       metric_value=round(value, 4))
-            for key, value in metrics.items() if key != "eval_loss"
-        ] or None
-    card_data = ModelCardData(
-        license=license, library_name="transformers", pipeline_tag="image-to-text",
-        tags=[*CARD_TAGS, *(["onnx"] if has_onnx else [])], datasets=datasets or None,
-        metrics=list(dict.fromkeys(hub_metrics)) or None, model_name=name if eval_results else None,
-        eval_results=eval_results)
-
-    q_repo, q_rev = json.dumps(repo_id), json.dumps(revision)
-    pipeline_snippet = "\n".join([
-        "from PIL import Image",
-        "from transformers import pipeline",
-        "",
-        f'captioner = pipeline("image-text-to-text", model={q_repo}, revision={q_rev}, trust_remote_code=True)',
-        'image = Image.open("image.png").convert("RGB")',
-        '# text="" asks for a plain caption; a prompt goes there too (return_full_text=False: not echoed)',
-        'print(captioner(images=image, text="", return_full_text=False)[0]["generated_text"])',
-    ])
-    generate_snippet = "\n".join([
-        "from PIL import Image",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        f"model = AutoModelForImageTextToText.from_pretrained({q_repo}, revision={q_rev}, trust_remote_code=True)",
-        f"processor = AutoProcessor.from_pretrained({q_repo}, revision={q_rev}, trust_remote_code=True)",
-        'image = Image.open("image.png").convert("RGB")',
-        'inputs = processor(images=[image], return_tensors="pt")',
-        "output_ids = model.eval().generate(**inputs)  # e.g. num_beams=4 for beam search",
-        "print(processor.batch_decode(output_ids, skip_special_tokens=True)[0])",
-    ])
-
-    lines = [
-        f"# {name}",
-        "",
-        "An image captioner of the CenterFocus family: a centre-weighted CNN stem (learnable Gaussian spatial "
-        "attention, dynamic channel pruning of the periphery) turns the image into tokens, a multimodal encoder reads "
-        "them with an optional prompt, and an autoregressive decoder writes the caption.",
-        "",
-        "The model code ships in this repository (`" + "`, `".join(CODE_FILES) + "`), so loading needs "
-        "`trust_remote_code=True`, which **runs that code on your machine**. Read it first, and pin `revision=` to "
-        "the commit hash you reviewed (the snippets below use "
-        f"`revision={q_rev}`; replace it by a commit hash) so that later pushes cannot change the code you run.",
-        "",
-        "## Usage",
-        "",
-        "With the `image-text-to-text` pipeline (transformers 4.57 and 5.x; in 5.x, `image-to-text` names it and it "
-        "needs text):",
-        "",
-        "```python",
-        pipeline_snippet,
-        "```",
-        "",
-        "With `generate()` (an optional encoder prompt goes in `processor(images=..., text=[...])`; it is never "
-        "echoed into the caption):",
-        "",
-        "```python",
-        generate_snippet,
-        "```",
-        "",
-        "## Model",
-        "",
-        "| field | value | component |",
-        "| --- | --- | --- |",
-    ]
-    lines += [f"| `{key}` | {_format_value(config[key])} | {text} |" for key, text in SWITCH_FIELDS.items()
-              if key in config]
-    lines += ["", "| setting | value |", "| --- | --- |"]
-    lines += [f"| `{key}` | {_format_value(config[key])} |" for key in SETTING_FIELDS if key in config]
-    if num_parameters is not None:
-        lines.append(f"| parameters (stored) | {num_parameters:,} |")
-    lines += ["", "## Evaluation", ""]
-    if metrics:
-        lines += ["Recorded by the training run (`all_results.json`) on the run's own evaluation split"
-                  + (f" of {', '.join(f'`{d}`' for d in datasets)}" if datasets else "")
-                  + "; they say how well the model fits that data, not how it does on other images.", "",
-                  "| metric | value |", "| --- | --- |"]
-        lines += [f"| {_metric_name(k)} | {v:.4f} |" for k, v in metrics.items()]
-    else:
-        lines.append("The training run recorded no evaluation metrics.")
-    lines += ["", "## Training data", ""]
-    lines.append(", ".join(f"[`{d}`](https://huggingface.co/datasets/{d})" for d in datasets) + "." if datasets else
-                 "Not recorded with the model.")
-    lines += [
-        "",
-        "## Limitations",
-        "",
-        "- The model only knows the data it was trained on. Small CenterFocus demo models trained on the built-in "
-        "synthetic data set (`centerfocus demo`) have seen a few coloured shapes on dark, noisy backgrounds only and "
-        "describe any image in those terms; they are demonstrations, not general-purpose captioners.",
-        "- Captions use the vocabulary of the training captions (English for the built-in data set)"
-        + ("; the tokenizer lower-cases text, so captions come out in lower case." if lowercase_captions else "."),
-        (f"- Captions have at most {max_length - 1} tokens by default (`max_length={max_length}` in "
-         "`generation_config.json`; pass `max_new_tokens` to change it)" if max_length else
-         "- Caption length is limited by `generation_config.json`")
-        + f", and never exceed {config.get('max_position_embeddings', '?')} decoder positions.",
-        "- Tested on CPU in float32 with transformers 4.57; other dtypes and devices are not verified.",
-        "- The encoder prompt steers the caption only as far as the training data had prompts.",
-        "- Not evaluated for fairness, safety or robustness; do not use it where a wrong caption causes harm.",
-    ]
-    if has_onnx:
-        lines += ["", "## ONNX", "", "`onnx/` holds an ONNX export of the model, copied as produced by its exporter."]
-    lines += ["", "## Files", "",
-              "`model.safetensors` (weights, safetensors only), `config.json` and the model code, "
-              "`preprocessor_config.json` / `processor_config.json` / tokenizer files (the processor), "
-              "`generation_config.json` (caption length and decoding defaults).", ""]
-    template = "---\n{{ card_data }}\n---\n\n" + "\n".join(lines)
-    return str(ModelCard.from_template(card_data, template_str=template))
-
-
-_PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
-_MODEL_ID_ARG = re.compile(r"""((?:\bmodel=|from_pretrained\()\s*)(["'])[^"']+\2""")
-_REVISION_ARG = re.compile(r"""\s*\brevision=(["'])[^"']*\1\s*,|,\s*\brevision=(["'])[^"']*\2""")
-
-
-def usage_snippets(card_text: str) -> list[str]:
-    """The Python code blocks of a model card that load the model (`trust_remote_code=True`)."""
-    return [code for code in _PYTHON_BLOCK.findall(card_text) if "trust_remote_code=True" in code]
-
-
-def localize_snippet(code: str, folder: PathLike) -> str:
-    """Point a usage snippet at a local folder: the repository id becomes the folder path, `revision=` is dropped."""
-    code = _MODEL_ID_ARG.sub(lambda m: m.group(1) + repr(str(folder)), code)
-    return _REVISION_ARG.sub("", code)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Assembling
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -651,126 +457,6 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
 # Verification
 # ----------------------------------------------------------------------------------------------------------------
 
-# Python source that makes `import centerfocus` fail in the process it runs in (also used by the tests).
-IMPORT_BLOCKER = '''
-import importlib.abc, sys
-class _BlockCenterFocus(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "centerfocus" or name.startswith("centerfocus."):
-            raise ImportError(f"{name} is blocked: the repository must load without the centerfocus package")
-        return None
-sys.meta_path.insert(0, _BlockCenterFocus())
-'''
-
-_VERIFY_SCRIPT = '''
-import contextlib, io, json, os, sys, traceback, warnings
-
-payload = json.loads(sys.argv[1])
-folder, result_path = payload["folder"], payload["result"]
-checks = []
-
-
-def finish(ok, **extra):
-    with open(result_path, "w") as handle:
-        json.dump({"ok": ok, "checks": checks, **extra}, handle)
-    sys.exit(0 if ok else 1)
-
-
-def fail(step, message):
-    finish(False, step=step, error=message)
-
-
-try:
-    import centerfocus  # noqa: F401
-    fail("isolation", "centerfocus is importable in the verification process")
-except ImportError:
-    pass
-step = "imports"
-try:
-    import numpy as np
-    from PIL import Image
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
-    import transformers
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        AutoModelForVision2Seq = getattr(transformers, "AutoModelForVision2Seq", None)  # not in transformers 5
-
-    step = "AutoConfig"
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    if type(config).__name__ != "CenterFocusConfig" or not type(config).__module__.startswith("transformers_modules"):
-        fail(step, f"got {type(config).__module__}.{type(config).__name__}, expected remote CenterFocusConfig")
-    checks.append("AutoConfig")
-
-    step = "AutoProcessor"
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    if type(processor).__name__ != "CenterFocusProcessor":
-        fail(step, f"got {type(processor).__name__}, expected CenterFocusProcessor")
-    checks.append("AutoProcessor")
-
-    models = {}
-    for name, cls, expected in (("AutoModelForVision2Seq", AutoModelForVision2Seq, "CenterFocusForConditionalGeneration"),
-                                ("AutoModelForImageTextToText", AutoModelForImageTextToText,
-                                 "CenterFocusForConditionalGeneration"),
-                                ("AutoModel", AutoModel, "CenterFocusModel")):
-        if cls is None:
-            continue
-        step = name
-        model, info = cls.from_pretrained(folder, trust_remote_code=True, use_safetensors=True,
-                                          output_loading_info=True)
-        if type(model).__name__ != expected or not type(model).__module__.startswith("transformers_modules"):
-            fail(step, f"got {type(model).__module__}.{type(model).__name__}, expected remote {expected}")
-        problems = {k: sorted(v)[:8] for k, v in info.items() if k != "error_msgs" and v}
-        if problems or info.get("error_msgs"):
-            fail(step, "config.json does not match the weights: " + json.dumps(problems or info["error_msgs"]))
-        models[name] = model.eval()
-        checks.append(name)
-
-    step = "generate"
-    rng = np.random.default_rng(0)
-    array = rng.integers(0, 80, size=(64, 64, 3), dtype=np.uint8)
-    array[20:44, 20:44] = (220, 40, 40)
-    image = Image.fromarray(array)
-    image.save("image.png")
-    inputs = processor(images=[image], return_tensors="pt")
-    expected = processor.batch_decode(models["AutoModelForImageTextToText"].generate(**inputs),
-                                      skip_special_tokens=True)[0].strip()
-    other = expected if AutoModelForVision2Seq is None else processor.batch_decode(
-        models["AutoModelForVision2Seq"].generate(**inputs), skip_special_tokens=True)[0]
-    if other.strip() != expected:
-        fail(step, f"AutoModelForVision2Seq and AutoModelForImageTextToText disagree: {other!r} vs {expected!r}")
-    checks.append("generate")
-
-    step = "pipeline"
-    # image-text-to-text on both lines (text="": a plain caption); image-to-text too where it exists (4.57)
-    for task in ["image-text-to-text"] + (["image-to-text"] if AutoModelForVision2Seq is not None else []):
-        captioner = pipeline(task, model=folder, trust_remote_code=True)
-        outputs = (captioner(images=image, text="", return_full_text=False) if task == "image-text-to-text"
-                   else captioner(image))
-        caption = outputs[0]["generated_text"]
-        if not isinstance(caption, str) or caption.strip() != expected:
-            fail(step, f"{task} pipeline caption {caption!r} differs from generate() caption {expected!r}")
-    checks.append("pipeline")
-
-    for index, code in enumerate(payload["snippets"]):
-        step = f"model card snippet {index + 1}"
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            exec(compile(code, f"<model card snippet {index + 1}>", "exec"), {"__name__": "__main__"})
-        # the last line printed is the caption; an empty caption (a random or briefly trained model) is an empty line
-        printed = buffer.getvalue().splitlines()
-        if not printed or printed[-1].strip() != expected:
-            fail(step, f"printed {[line.strip() for line in printed[-1:]]!r}, expected the caption {expected!r}")
-        checks.append(step)
-except SystemExit:
-    raise
-except BaseException as error:
-    message = f"{type(error).__name__}: {error}".strip()
-    if "size mismatch" in message:
-        message = "config.json does not match the weights: " + message
-    finish(False, step=step, error=message, traceback=traceback.format_exc()[-4000:])
-finish(True, caption=expected)
-'''
-
 
 def _clean_environment(modules_cache: str) -> dict[str, str]:
     """The verification process's environment: offline, its own remote-code module cache, no token."""
@@ -819,12 +505,13 @@ def verify_repo_folder(folder: PathLike, timeout: float = 300.0) -> str:
     """Check that an assembled folder is a loadable, self-contained repository.
 
     Static checks: no pickle files, every code file and safetensors weights present, and a model card whose metadata
-    `huggingface_hub.ModelCard` parses with the required fields and which has usage snippets. Then, in a separate
-    Python process (killed after `timeout` seconds) where `centerfocus` cannot be imported, with `HF_HUB_OFFLINE=1`
-    and no token: AutoConfig, AutoProcessor, AutoModelForVision2Seq, AutoModelForImageTextToText and AutoModel load
-    with `trust_remote_code=True` (as the remote-code classes, with no missing, unexpected or mismatched weights), both
-    generation classes give the same caption for a generated image, `pipeline("image-to-text")` gives that caption,
-    and each usage snippet of the card, pointed at the folder and without `revision=`, prints it.
+    `huggingface_hub.ModelCard` parses with the required fields and which has usage snippets. Then `hub_verify.py`
+    runs in a separate Python process (killed after `timeout` seconds) where `centerfocus` cannot be imported, with
+    `HF_HUB_OFFLINE=1` and no token: AutoConfig, AutoProcessor, AutoModelForVision2Seq (4.57 only),
+    AutoModelForImageTextToText and AutoModel load with `trust_remote_code=True` (as the remote-code classes, with no
+    missing, unexpected or mismatched weights), both generation classes give the same caption for a generated image,
+    each pipeline of `CAPTIONING_TASKS` gives that caption, and each usage snippet of the card, pointed at the folder
+    and without `revision=`, prints it.
 
     Args:
         folder: The assembled folder.
@@ -868,10 +555,11 @@ def verify_repo_folder(folder: PathLike, timeout: float = 300.0) -> str:
     with tempfile.TemporaryDirectory(prefix="centerfocus-verify-") as work:
         result_path = Path(work) / "result.json"
         payload = {"folder": str(folder), "result": str(result_path),
-                   "snippets": [localize_snippet(code, folder) for code in snippets]}
+                   "snippets": [localize_snippet(code, folder) for code in snippets],
+                   "vision2seq": auto_model_for_vision2seq() is not None, "pipeline_tasks": list(CAPTIONING_TASKS)}
         logger.info(f"Verifying {folder} in a fresh process without centerfocus (timeout {timeout:.0f} s).")
         try:
-            process = subprocess.run([sys.executable, "-c", IMPORT_BLOCKER + _VERIFY_SCRIPT, json.dumps(payload)],
+            process = subprocess.run([sys.executable, str(VERIFY_PROGRAM), json.dumps(payload)],
                                      capture_output=True, text=True, timeout=timeout, cwd=work,
                                      env=_clean_environment(str(Path(work) / "modules")))
         except subprocess.TimeoutExpired as error:
