@@ -39,7 +39,7 @@ from transformers import AutoConfig, VisionEncoderDecoderModel
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
 from centerfocus.tools.caption_data import CaptionCollator
-from centerfocus.tools.demo import caption_images
+from centerfocus.tools.captioning import caption_images
 from centerfocus.tools.pretrain import PRETRAIN_ARGS_FILE, ClassificationCollator
 
 

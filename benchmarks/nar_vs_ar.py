@@ -17,8 +17,9 @@ from datasets import load_dataset
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
 from centerfocus.tools import train
+from centerfocus.tools.captioning import caption_images
 from centerfocus.tools.data import generate_caption_dataset
-from centerfocus.tools.demo import DEMO_CONFIG, caption_images
+from centerfocus.tools.demo import DEMO_CONFIG
 from centerfocus.tools.metrics import compute_caption_metrics
 
 

@@ -28,11 +28,10 @@ from centerfocus import (
     CenterFocusProcessor,
 )
 from centerfocus.tools.caption_data import CaptionCollator
+from centerfocus.tools.captioning import caption_images
 from centerfocus.tools.data import generate_caption_dataset
-from centerfocus.tools.demo import caption_images
-from centerfocus.tools.metrics import compute_caption_metrics
+from centerfocus.tools.metrics import center_phrase, compute_caption_metrics
 from centerfocus.tools.tokenizer import train_caption_tokenizer
-from centerfocus.tools.train import center_phrase
 
 
 WIDTH, HEADS, ENCODER_LAYERS, DECODER_LAYERS, INTERMEDIATE = 128, 4, 1, 2, 256

@@ -36,9 +36,9 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         parser.error("--prompt and --index both set the encoder prompt: pass one of them.")
     folder = args.onnx or args.model
     if args.onnx:
-        from .export import _check_onnx_folder, load_ort_model  # Optimum's stack (centerfocus export's environment)
+        from .export import check_onnx_folder, load_ort_model  # Optimum's stack (centerfocus export's environment)
 
-        _check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
+        check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
     processor = CenterFocusProcessor.from_pretrained(folder)
     if args.onnx:
         options = {}

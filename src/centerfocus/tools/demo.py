@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from ..modeling_centerfocus import CenterFocusCenterWeighting, CenterFocusForConditionalGeneration
 from ..processing_centerfocus import CenterFocusProcessor
+from .captioning import caption_images, centre_weighting_map
 from .data import generate_caption_dataset
-from .progress import progress, progress_enabled
+from .progress import progress_enabled
 
 
 logger = logging.getLogger(__name__)
@@ -79,31 +79,6 @@ def generate_data_main(argv: Optional[list[str]] = None) -> Path:
                                         describe_periphery=args.describe_periphery)
     print(f"Wrote the data set to {path}")
     return path
-
-
-def caption_images(model, processor, images, prompts: Optional[list[str]] = None, batch_size: int = 64,
-                   **generate_kwargs) -> list[str]:
-    """Greedy (or `generate_kwargs`) captions for a list of PIL images, with one optional prompt per image."""
-    captions = []
-    model.eval()
-    with torch.inference_mode(), progress(total=len(images), desc="Captioning", unit="image") as bar:
-        for start in range(0, len(images), batch_size):
-            texts = None if prompts is None else prompts[start:start + batch_size]
-            inputs = processor(images=images[start:start + batch_size], text=texts)
-            output = model.generate(**inputs, **generate_kwargs)
-            captions += [c.strip() for c in processor.batch_decode(output, skip_special_tokens=True)]
-            bar.update(len(output))
-    return captions
-
-
-def centre_weighting_map(model: CenterFocusForConditionalGeneration, size: int) -> np.ndarray:
-    """The product of every stem stage's learned centre weighting, resized to `size x size` and scaled to [0, 1]."""
-    total = torch.ones(size, size)
-    for module in model.modules():
-        if isinstance(module, CenterFocusCenterWeighting):
-            total = total * module.mask(size, size).detach().float()
-    total = total - total.min()
-    return (total / total.max().clamp(min=1e-8)).numpy()
 
 
 def save_caption_picture(path: Path, images, captions, references, weighting: np.ndarray,
@@ -180,8 +155,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     captions = caption_images(model, processor, images)
     caption_seconds = time.perf_counter() - started
 
-    from .metrics import compute_caption_metrics
-    from .train import center_phrase
+    from .metrics import center_phrase, compute_caption_metrics
 
     metrics = compute_caption_metrics(captions, references)
     metrics["exact_match"] = float(np.mean([c == r for c, r in zip(captions, references)]))

@@ -358,7 +358,7 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
     return output
 
 
-def _check_onnx_folder(onnx_dir: str) -> None:
+def check_onnx_folder(onnx_dir: str) -> None:
     """A folder without an encoder graph would otherwise reach Optimum's fallback, a PyTorch export that fails with
     an unrelated error ("no pytorch_model.bin", "library name could not be inferred")."""
     folder = Path(onnx_dir)
@@ -371,7 +371,7 @@ def load_ort_model(onnx_dir: str, provider: str = "CPUExecutionProvider", provid
                    use_merged: Optional[bool] = None, use_cache: bool = True) -> CenterFocusORTModelForVision2Seq:
     """Load an exported folder for generation on an ONNX Runtime execution provider. For TensorRT, CUDA is added as
     the fallback provider, so `provider_options` (TensorRT options) apply to TensorRT only."""
-    _check_onnx_folder(onnx_dir)
+    check_onnx_folder(onnx_dir)
     folder = Path(onnx_dir)
     if folder.is_dir() and not any(folder.glob("*decoder*with_past*.onnx")) and not any(
             folder.glob("*decoder*merged*.onnx")):

@@ -10,8 +10,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import evaluate
+import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 
 METRICS_DIR: Path = Path(__file__).resolve().parent.parent / "metrics"
@@ -107,3 +110,31 @@ def compute_caption_metrics(
         key: float(modules[key].compute(predictions=predictions, references=reference_lists)[result_key])
         for key, (_, result_key) in _METRICS.items()
     }
+
+
+def center_phrase(caption: str) -> Optional[str]:
+    """The phrase before " in the centre" (the built-in data set's caption pattern), or None."""
+    text = " ".join(caption.lower().split())
+    return text.split(" in the centre")[0].strip() if " in the centre" in text else None
+
+
+def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
+    """`compute_metrics` for predict_with_generate: BLEU-4, ROUGE-L, CIDEr-D, exact match, and the centre-phrase
+    exact match when the references follow the built-in data set's pattern."""
+    def compute_metrics(eval_prediction) -> dict:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        texts = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+        references = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        metrics = compute_caption_metrics(texts, references)
+        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(texts, references)]))
+        phrases = [center_phrase(r) for r in references]
+        if all(phrases):
+            metrics["center_phrase_exact_match"] = float(np.mean([center_phrase(p) == r
+                                                                  for p, r in zip(texts, phrases)]))
+        return metrics
+
+    return compute_metrics

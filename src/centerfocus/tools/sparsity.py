@@ -107,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     from ..processing_centerfocus import CenterFocusProcessor
     from . import train
     from .caption_data import check_caption_dataset, load_image_dataset
-    from .demo import caption_images
+    from .captioning import caption_images
     from .metrics import compute_caption_metrics
 
     parser = argparse.ArgumentParser(prog="centerfocus sparsify", description=main.__doc__)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from transformers import (
     AutoTokenizer,
@@ -36,6 +35,7 @@ from ..modeling_centerfocus import CenterFocusForConditionalGeneration, CenterFo
 from ..processing_centerfocus import CenterFocusProcessor
 from .allocator import keep_freed_memory
 from .caption_data import CaptionCollator, check_caption_dataset, load_image_dataset
+from .metrics import make_compute_metrics
 from .tokenizer import train_caption_tokenizer
 
 
@@ -402,36 +402,6 @@ def apply_lora(model, model_args: ModelArguments, training_args: Seq2SeqTraining
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(f"LoRA: {trainable:,} trainable of {total:,} parameters.")
     return peft_model
-
-
-def center_phrase(caption: str) -> Optional[str]:
-    """The phrase before " in the centre" (the built-in data set's caption pattern), or None."""
-    text = " ".join(caption.lower().split())
-    return text.split(" in the centre")[0].strip() if " in the centre" in text else None
-
-
-def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
-    """`compute_metrics` for predict_with_generate: BLEU-4, ROUGE-L, CIDEr-D, exact match, and the centre-phrase
-    exact match when the references follow the built-in data set's pattern."""
-    from .metrics import compute_caption_metrics
-
-    def compute_metrics(eval_prediction) -> dict:
-        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
-        if isinstance(predictions, tuple):
-            predictions = predictions[0]
-        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
-        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
-        texts = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
-        references = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
-        metrics = compute_caption_metrics(texts, references)
-        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(texts, references)]))
-        phrases = [center_phrase(r) for r in references]
-        if all(phrases):
-            metrics["center_phrase_exact_match"] = float(np.mean([center_phrase(p) == r
-                                                                  for p, r in zip(texts, phrases)]))
-        return metrics
-
-    return compute_metrics
 
 
 def save_final(trainer: Seq2SeqTrainer, processor: CenterFocusProcessor, output_dir: str,
