@@ -16,6 +16,7 @@ EDGE_COMPENSATION_TYPES = ("conv", "stem", "none")
 EDGE_PRECISIONS = ("float32", "float16", "bfloat16")
 CHANNEL_ATTENTION_TYPES = ("se", "none")
 IMAGE_TOKENIZER_TYPES = ("grid_pool", "foveated")
+IMAGE_SUMMARY_TYPES = ("none", "flatten")
 POSITION_EMBEDDING_TYPES = ("learned_2d", "sincos_2d", "none")
 MODALITY_EMBEDDING_TYPES = ("learned", "none")
 MODALITY_GATE_TYPES = ("dynamic", "none")
@@ -34,6 +35,7 @@ SWITCHES = {
     "edge_precision": (EDGE_PRECISIONS, "dtype of the conv edge branch"),
     "channel_attention_type": (CHANNEL_ATTENTION_TYPES, "squeeze-excitation on the pooled map"),
     "image_tokenizer_type": (IMAGE_TOKENIZER_TYPES, "image tokens: one per grid cell, or foveated"),
+    "image_summary_type": (IMAGE_SUMMARY_TYPES, "a linear read-out of the flattened token map, added to every token"),
     "position_embedding_type": (POSITION_EMBEDDING_TYPES, "2-D position embedding of image tokens"),
     "modality_embedding_type": (MODALITY_EMBEDDING_TYPES, "[IMG]/[TXT] type embeddings"),
     "modality_gate_type": (MODALITY_GATE_TYPES, "gate balancing image and text tokens"),
@@ -145,6 +147,11 @@ class CenterFocusConfig(PretrainedConfig):
         image_tokenizer_grid_size (`int`, *optional*, defaults to 14): Side of the pooled token grid.
         foveated_center_size (`int`, *optional*, defaults to 6): Side of the full-resolution fovea, in grid cells.
         foveated_periphery_pool (`int`, *optional*, defaults to 2): Pooling factor of the peripheral tokens.
+        image_summary_type (`str`, *optional*, defaults to `"none"`): `"flatten"` adds to every image token a linear
+            read-out of the whole token map, flattened in its fixed order (each token narrowed to `image_summary_dim`
+            features first): an identity spread over where the parts of a shape are reaches the decoder from the first
+            step, instead of once attention has learned to assemble it. `"none"` adds nothing.
+        image_summary_dim (`int`, *optional*, defaults to 32): Features per token in the flattened read-out.
         position_embedding_type (`str`, *optional*, defaults to `"learned_2d"`): 2-D position embedding of image
             tokens: `"learned_2d"`, fixed `"sincos_2d"`, or `"none"`.
         modality_embedding_type (`str`, *optional*, defaults to `"learned"`): `[IMG]`/`[TXT]` type embeddings added
@@ -233,6 +240,8 @@ class CenterFocusConfig(PretrainedConfig):
         image_tokenizer_grid_size: int = 14,
         foveated_center_size: int = 6,
         foveated_periphery_pool: int = 2,
+        image_summary_type: Literal["none", "flatten"] = "none",
+        image_summary_dim: int = 32,
         position_embedding_type: Literal["learned_2d", "sincos_2d", "none"] = "learned_2d",
         modality_embedding_type: Literal["learned", "none"] = "learned",
         modality_gate_type: Literal["dynamic", "none"] = "dynamic",
@@ -295,6 +304,8 @@ class CenterFocusConfig(PretrainedConfig):
         self.image_tokenizer_grid_size = image_tokenizer_grid_size
         self.foveated_center_size = foveated_center_size
         self.foveated_periphery_pool = foveated_periphery_pool
+        self.image_summary_type = image_summary_type
+        self.image_summary_dim = image_summary_dim
         self.position_embedding_type = position_embedding_type
         self.modality_embedding_type = modality_embedding_type
         self.modality_gate_type = modality_gate_type
@@ -344,7 +355,8 @@ class CenterFocusConfig(PretrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_attention_heads", "decoder_layers", "intermediate_size",
                      "max_position_embeddings", "image_size", "num_channels", "channel_pruning_reduction",
                      "channel_attention_reduction", "image_tokenizer_grid_size", "foveated_center_size",
-                     "foveated_periphery_pool", "contrastive_dim", "nar_iterations", "nar_max_length"):
+                     "foveated_periphery_pool", "image_summary_dim", "contrastive_dim", "nar_iterations",
+                     "nar_max_length"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                    f"`{name}` must be a positive integer, got {value!r}.")

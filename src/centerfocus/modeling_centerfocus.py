@@ -655,6 +655,7 @@ class CenterFocusImageTokenizer(nn.Module):
         self.proj = nn.Linear(channels, config.hidden_size)
         self.position_embedding = POSITION_EMBEDDING_CLASSES[config.position_embedding_type](config)
         self.foveated = config.image_tokenizer_type == "foveated"
+        self.summary = IMAGE_SUMMARY_CLASSES[config.image_summary_type](config)
         self.config = config
         for name, buffer in self.derived_buffers().items():
             self.register_buffer(name, buffer, persistent=False)
@@ -677,7 +678,27 @@ class CenterFocusImageTokenizer(nn.Module):
         tokens = self.position_embedding(tokens)
         if self.foveated:
             tokens = torch.matmul(self.pooling.to(tokens.dtype), tokens)  # (B, N, D)
-        return tokens
+        return self.summary(tokens)
+
+
+class CenterFocusImageSummary(nn.Module):
+    """A position-specific read-out of the whole token map, added to every image token (`image_summary_type="flatten"`):
+    each token is narrowed to `image_summary_dim` features, the `N` narrowed tokens are flattened in their fixed order
+    and one linear layer maps them to `D`, as the fully connected head of a classic CNN classifier reads a flattened
+    feature map. Attention pools tokens by content, so an identity that lies in where the parts of a shape are (a
+    handwritten digit over ~7x7 cells) reaches the decoder only once the encoder has learned to assemble it; a linear
+    read-out of the flattened map carries it from the first step, and adding it to every token lets the decoder read
+    it wherever it attends."""
+
+    def __init__(self, config: CenterFocusConfig):
+        super().__init__()
+        self.narrow = nn.Linear(config.hidden_size, config.image_summary_dim)
+        self.proj = nn.Linear(config.num_image_tokens * config.image_summary_dim, config.hidden_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(B, N, D)` -> `(B, N, D)`."""
+        summary = self.proj(self.narrow(tokens).flatten(1))  # (B, D)
+        return tokens + summary[:, None]
 
 
 class CenterFocusModalityGate(nn.Module):
@@ -786,6 +807,7 @@ MODALITY_EMBEDDING_CLASSES = {
     "none": lambda config: None,
 }
 MODALITY_GATE_CLASSES = {"dynamic": CenterFocusModalityGate, "none": _identity}
+IMAGE_SUMMARY_CLASSES = {"flatten": CenterFocusImageSummary, "none": _identity}
 STEM_NORM_CLASSES = {
     "batch": nn.BatchNorm2d,
     # 32 groups as in Wu & He (2018), fewer where the stage is narrower

@@ -135,6 +135,7 @@ def test_unknown_keys_warn():
         (modeling.EDGE_PRECISION_DTYPES, cfg_module.EDGE_PRECISIONS),
         (modeling.CHANNEL_ATTENTION_CLASSES, cfg_module.CHANNEL_ATTENTION_TYPES),
         (modeling.IMAGE_TOKEN_POOLING, cfg_module.IMAGE_TOKENIZER_TYPES),
+        (modeling.IMAGE_SUMMARY_CLASSES, cfg_module.IMAGE_SUMMARY_TYPES),
         (modeling.POSITION_EMBEDDING_CLASSES, cfg_module.POSITION_EMBEDDING_TYPES),
         (modeling.MODALITY_EMBEDDING_CLASSES, cfg_module.MODALITY_EMBEDDING_TYPES),
         (modeling.MODALITY_GATE_CLASSES, cfg_module.MODALITY_GATE_TYPES),

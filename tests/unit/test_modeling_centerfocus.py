@@ -24,6 +24,8 @@ SWITCHES = [
     {"edge_compensation_type": "stem", "edge_stem_width_ratio": 1.0, "channel_attention_reduction": 1},
     {"channel_attention_type": "none"},
     {"image_tokenizer_type": "foveated"},
+    {"image_summary_type": "flatten"},
+    {"image_summary_type": "flatten", "image_tokenizer_type": "foveated"},
     {"position_embedding_type": "sincos_2d"},
     {"position_embedding_type": "none"},
     {"modality_embedding_type": "none"},
@@ -110,6 +112,7 @@ def test_switch_forward_backward_every_parameter_gets_gradient(overrides):
         ({"contrastive_loss_weight": 0.0}, "projection"),
         ({"center_loss_weight": 0.0}, "center_head"),
         ({"word_loss_weight": 0.0}, "word_head"),
+        ({"image_summary_type": "none"}, "summary."),
         ({"decoder_type": "autoregressive"}, "length_head"),
     ],
 )
@@ -391,6 +394,26 @@ def test_word_loss_is_multiple_instance_word_detection_in_float64():
     torch.testing.assert_close(outputs.loss, outputs.lm_loss + 0.5 * outputs.word_loss, rtol=1e-12, atol=1e-12)
     outputs.loss.backward()
     assert model.model.encoder.vision_stem.stages[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_image_summary_reads_where_the_tokens_are_in_float64():
+    # the read-out is one linear map of the flattened tokens, added to every token: a permutation of the tokens, which
+    # attention pooling cannot tell apart, changes it
+    from centerfocus.modeling_centerfocus import CenterFocusImageSummary
+
+    config = CenterFocusConfig(**tiny_config_kwargs(image_summary_type="flatten", image_summary_dim=3))
+    torch.manual_seed(0)
+    summary = CenterFocusImageSummary(config).double()
+    tokens = torch.randn(2, config.num_image_tokens, config.hidden_size, dtype=torch.float64)
+    narrow, proj = summary.narrow, summary.proj
+    expected = torch.stack([
+        proj.bias + sum(proj.weight[:, n * 3:(n + 1) * 3] @ (narrow.weight @ tokens[b, n] + narrow.bias)
+                        for n in range(config.num_image_tokens))
+        for b in range(2)])  # (B, D)
+    torch.testing.assert_close(summary(tokens), tokens + expected[:, None], rtol=1e-12, atol=1e-12)
+    swapped = tokens[:, torch.randperm(config.num_image_tokens, generator=torch.Generator().manual_seed(1))]
+    moved = summary(swapped) - swapped
+    assert (moved[:, 0] - (summary(tokens) - tokens)[:, 0]).abs().max() > 1e-3
 
 
 def test_eager_and_sdpa_agree():
