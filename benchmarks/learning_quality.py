@@ -74,12 +74,12 @@ def score(rows: list[dict], captions: list[str]) -> dict:
         named_at = {position: digit for _, digit, position in EDGE.findall(caption)}
         edge_hits += [named_at.get(position) == digit for _, digit, position in EDGE.findall(row["text"])]
     return {
-        "centre_identity_exact_match": float(np.mean([d == t for (_, d), t in zip(named, truth)])),
+        "center_identity_exact_match": float(np.mean([d == t for (_, d), t in zip(named, truth)])),
         "edge_digit_identity": float(np.mean(edge_hits)) if edge_hits else None,
         # the caption right except for which digits it names: colours, positions, how many edge digits
         "layout_exact_match": float(np.mean([re.sub(r"\d", "#", c.strip()) == re.sub(r"\d", "#", r["text"])
                                              for c, r in zip(captions, rows)])),
-        "centre_phrase_exact_match": float(np.mean([[c, d] == r["center_phrase"].split()[-2:]
+        "center_phrase_exact_match": float(np.mean([[c, d] == r["center_phrase"].split()[-2:]
                                                     for (c, d), r in zip(named, rows)])),
         "full_caption_exact_match": float(np.mean([c.strip() == r["text"] for c, r in zip(captions, rows)])),
         "confusion": confusion.tolist(),
@@ -190,7 +190,7 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
     for r in results:
         if r.get("loss_curve") and (curve_runs is None or r["run"] in curve_runs):
             steps, losses = zip(*r["loss_curve"])
-            axis.plot(steps, losses, label=f"{r['run']} (centre {r['centre_identity_exact_match']:.2f})")
+            axis.plot(steps, losses, label=f"{r['run']} (centre {r['center_identity_exact_match']:.2f})")
     axis.set(xlabel="step", ylabel="training loss", yscale="log", title="Character benchmark: learning curves")
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -202,7 +202,7 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
         axis.imshow(np.array(r["confusion"]), cmap="Blues")
         axis.set(xticks=range(11), xticklabels=[*DIGITS, "-"], yticks=range(10), yticklabels=DIGITS,
                  xlabel="digit the caption names", ylabel="centre digit",
-                 title=f"{r['run']}: centre identity {r['centre_identity_exact_match']:.2f}")
+                 title=f"{r['run']}: centre identity {r['center_identity_exact_match']:.2f}")
         figure.tight_layout()
         figure.savefig(out / f"learning_quality_confusion_{r['run']}.png", dpi=120)
     plt.close("all")
@@ -253,8 +253,8 @@ def main(argv=None) -> list[dict]:
         results.append(evaluate_run(name, Path(folder), args.data, rows, stage1.get(name)))
         r = results[-1]
         ved = r.get("ved_training_gflops_per_example")
-        print(f"{name:12s} centre identity {r['centre_identity_exact_match']:.3f}  centre phrase "
-              f"{r['centre_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
+        print(f"{name:12s} centre identity {r['center_identity_exact_match']:.3f}  centre phrase "
+              f"{r['center_phrase_exact_match']:.3f}  full caption {r['full_caption_exact_match']:.3f}  "
               f"layout {r['layout_exact_match']:.3f}  edge digits {r['edge_digit_identity'] or 0:.3f}  "
               f"{r['training_gflops_per_example']:.2f} GFLOP/example"
               + (f" (VED at its sizes: {ved:.2f})" if ved else "")

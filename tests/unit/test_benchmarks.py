@@ -163,7 +163,7 @@ def test_learning_quality_scores_captions_against_the_character_metadata(tmp_pat
     rows = quality.read_split(generate_character_dataset(tmp_path / "chars", num_train=2, num_test=12, image_size=64))
     truth = [r["text"] for r in rows]
     perfect = quality.score(rows, truth)
-    assert perfect["centre_identity_exact_match"] == perfect["centre_phrase_exact_match"] == 1.0
+    assert perfect["center_identity_exact_match"] == perfect["center_phrase_exact_match"] == 1.0
     assert perfect["full_caption_exact_match"] == perfect["layout_exact_match"] == 1.0
     with_edges = [r for r in rows if "small" in r["text"]]
     assert perfect["edge_digit_identity"] == (1.0 if with_edges else None)
@@ -171,14 +171,14 @@ def test_learning_quality_scores_captions_against_the_character_metadata(tmp_pat
     # every centre digit moved by one: identity and phrase are all wrong, and the confusion says where they went
     shifted = [re.sub(r"^(an? \w+) (\d)", lambda m: f"{m.group(1)} {(int(m.group(2)) + 1) % 10}", t) for t in truth]
     wrong = quality.score(rows, shifted)
-    assert wrong["centre_identity_exact_match"] == wrong["centre_phrase_exact_match"] == 0.0
+    assert wrong["center_identity_exact_match"] == wrong["center_phrase_exact_match"] == 0.0
     assert wrong["layout_exact_match"] == 1.0  # only digits changed
     assert wrong["edge_digit_identity"] == perfect["edge_digit_identity"]  # the edge digits were left alone
     # every edge digit moved by one: the edge identity is 0, the centre untouched
     edges_shifted = [re.sub(r"(small \w+) (\d)", lambda m: f"{m.group(1)} {(int(m.group(2)) + 1) % 10}", t)
                      for t in truth]
     edge_wrong = quality.score(rows, edges_shifted)
-    assert edge_wrong["centre_identity_exact_match"] == 1.0
+    assert edge_wrong["center_identity_exact_match"] == 1.0
     assert edge_wrong["edge_digit_identity"] == (0.0 if with_edges else None)
     confusion = np.array(wrong["confusion"])
     for r in rows:
@@ -253,7 +253,7 @@ def test_learning_quality_redraws_the_plots_of_the_named_runs_from_a_report(tmp_
     --confusion run, and a clear error (not a traceback) for a run the report does not hold."""
     quality = load_learning_quality()
     confusion = np.eye(10, 11, dtype=int).tolist()
-    report = [{"run": name, "centre_identity_exact_match": 1.0, "confusion": confusion,
+    report = [{"run": name, "center_identity_exact_match": 1.0, "confusion": confusion,
                "loss_curve": [[10, 2.0], [20, 1.0 + i]]} for i, name in enumerate(["a", "b", "c"])]
     (tmp_path / "report.json").write_text(json.dumps(report))
     plots = tmp_path / "plots"
