@@ -86,7 +86,7 @@ def build(name: str, width: int, layers: int, heads: int):
             output = model(pixel_values=pixels, labels=labels)
             if not VED_SHIFTS_LABELS_TWICE:
                 return output.loss
-            # plain CE: 4.57's VED loss_function shifts the labels a second time (DESIGN.md); fixed in 5.x
+            # plain CE: 4.57's VED loss_function shifts the labels a second time ; fixed in 5.x
             logits = output.logits
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 

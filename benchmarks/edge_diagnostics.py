@@ -8,7 +8,7 @@ digits"): diagnostics, not a user path.
     # the crop probe: a stage-1 folder's edge head (pretrain-vision --edge_object_scale) on the test edge crops
     python benchmarks/edge_diagnostics.py probe --data chars --stage1 runs/s1e600w-s1
 
-`caption` runs issue 15's command (width 256, 4+4 layers, 224 px, 600 steps of batch 32, lr 5e-4) through
+`caption` runs the character benchmark's command (width 256, 4+4 layers, 224 px, 600 steps of batch 32, lr 5e-4) through
 `centerfocus train`'s `run_training`, with the edge stem's layers pre-trained by a plain loop (600 steps of batch 32,
 AdamW, one-cycle lr 1e-3). The crops are 80 px squares around the middle of each edge, where the generator puts the
 edge digits (`centerfocus.tools.characters`); their labels come from the captions, which no user path reads.

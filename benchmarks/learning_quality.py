@@ -1,4 +1,4 @@
-"""How well captioners trained with `centerfocus train` read the centre of the character benchmark (issue 15).
+"""How well captioners trained with `centerfocus train` read the centre of the character benchmarks (fonts and handwriting).
 
     centerfocus generate-data --kind characters --output_dir chars
     centerfocus train --dataset chars --output_dir runs/small --model_size small \\
@@ -153,7 +153,7 @@ def evaluate_run(name: str, folder: Path, data: Path, rows: list[dict], stage1: 
     result["training_gflops_per_example"] = training_flops_per_example(model, collator, features) / 1e9
     if isinstance(model, CenterFocusForConditionalGeneration):
         # VisionEncoderDecoder at the same width, depth, image size and vocabulary (random weights: FLOPs do not
-        # depend on them), the comparison issue 15 sets
+        # depend on them), the comparison the benchmark sets
         ved = build_ved(model.config)
         result["ved_training_gflops_per_example"] = training_flops_per_example(ved, collator, features) / 1e9
     state = last_trainer_state(folder)

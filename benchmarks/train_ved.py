@@ -10,7 +10,7 @@ CenterFocus has.
     python benchmarks/learning_quality.py --data chars --run ved=runs/ved ...
 
 The loss is plain token cross-entropy: transformers 5.x's VisionEncoderDecoder computes it; 4.57's shifts the
-already shifted labels once more (DESIGN.md), so there its `loss_function` is replaced by plain cross-entropy.
+already shifted labels once more (fixed after 4.57; `centerfocus._compat`), so there its `loss_function` is replaced by plain cross-entropy.
 """
 
 import json

@@ -1,6 +1,6 @@
 """CenterFocus: a centre-weighted CNN image tokenizer feeding a multimodal encoder-decoder captioner.
 
-Design: `DESIGN.md` of the CenterFocus project (a restatement of the original design card). Borrowed ideas:
+Design: docs/design.md (where each item of the design card lives in this file, and why). Borrowed ideas:
 squeeze-excitation channel attention (Hu et al., 2018), foveated token pooling, BART's encoder-decoder cache layout
 (transformers `modeling_bart.py`), MAE's 2-D sin-cos position embedding (He et al., 2021), CLIP's contrastive loss.
 

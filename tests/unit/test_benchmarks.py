@@ -219,7 +219,7 @@ def test_ved_baseline_has_the_captioners_sizes_and_a_plain_cross_entropy():
     expected = F.cross_entropy(output.logits.reshape(-1, config.vocab_size), labels.reshape(-1), ignore_index=-100)
     # the same mean over the same 10 token losses; only the summation order may differ: a few float32 ulps
     assert torch.allclose(output.loss, expected, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
-    # 4.57's built-in loss shifts the labels once more: it would give another value (fixed here, DESIGN.md)
+    # 4.57's built-in loss shifts the labels once more: it would give another value (fixed after 4.57)
     assert not torch.allclose(F.cross_entropy(output.logits[:, :-1].reshape(-1, config.vocab_size),
                                               labels[:, 1:].reshape(-1), ignore_index=-100), expected)
 

@@ -42,7 +42,7 @@ from .tokenizer import train_caption_tokenizer
 logger = logging.getLogger(__name__)
 
 # Model sizes for training from scratch. "base" is the design's default model (the seed's two-convolution stem).
-# "small" carries what issue 15's ablation on the character benchmark kept (docs/benchmarks.md): four conv-BN stages to
+# "small" carries what the character benchmark's ablation kept (docs/benchmarks.md): four conv-BN stages to
 # a 14x14 map under centre weighting, an edge stem for the periphery, foveated tokens (76, half the FLOPs of 196).
 MODEL_PRESETS = {
     "tiny": dict(hidden_size=64, num_attention_heads=4, encoder_layers=1, decoder_layers=2, intermediate_size=128,
