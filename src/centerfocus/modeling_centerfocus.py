@@ -402,23 +402,44 @@ class CenterFocusCenterWeighting(nn.Module):
         return features * self.mask(features.shape[-2], features.shape[-1], features.device).to(features.dtype)
 
 
-class CenterFocusChannelPruning(nn.Module):
+class CenterFocusSqueezeExcitation(nn.Module):
+    """The squeeze-excitation gate (Hu et al., 2018) that channel pruning and channel attention share: each channel's
+    mean over the map, through two linear layers, to a sigmoid score per channel. Unlike the seed's sketch, the map is
+    pooled and flattened before the linear layers."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, max(1, channels // reduction))
+        self.fc2 = nn.Linear(max(1, channels // reduction), channels)
+
+    def gate(self, features: torch.Tensor) -> torch.Tensor:
+        """`(B, c, h, w)` -> `(B, c)` scores in (0, 1)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))
+
+
+class CenterFocusChannelAttention(CenterFocusSqueezeExcitation):
+    """Squeeze-excitation over the channels of the pooled map (design item 6)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(B, c, G, G)` -> `(B, c, G, G)`."""
+        return features * self.gate(features)[:, :, None, None]
+
+
+class CenterFocusChannelPruning(CenterFocusSqueezeExcitation):
     """Dynamic channel pruning of the periphery (design item 3). An SE-style gate scores the channels of each image;
     every position is scaled by the gate, and positions outside the centre region keep only the top
     `keep_ratio` fraction of channels. The top-k choice is hard in training and inference (deterministic);
     gradients reach the gate through a straight-through estimator."""
 
     def __init__(self, channels: int, keep_ratio: float, reduction: int, center_region_size: float):
-        super().__init__()
+        super().__init__(channels, reduction)
         self.num_kept = max(1, round(keep_ratio * channels))
         self.center_region_size = center_region_size
-        self.fc1 = nn.Linear(channels, max(1, channels // reduction))
-        self.fc2 = nn.Linear(max(1, channels // reduction), channels)
 
     def channel_mask(self, features: torch.Tensor) -> torch.Tensor:
         """Per-position channel multiplier of shape `(B, c, h, w)`: gate in the centre, gate times a top-k 0/1
         choice in the periphery."""
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))  # (B, c)
+        gate = self.gate(features)  # (B, c)
         # equal gate values (e.g. a gate whose hidden units are all inactive gives 0.5 everywhere) would leave the
         # choice to the backend's top-k; a tiny index-based offset makes lower channel indices win ties everywhere
         tie_break = torch.arange(gate.shape[1], device=gate.device, dtype=gate.dtype) * 1e-6
@@ -563,21 +584,6 @@ class CenterFocusConvStem(nn.Module):
             pruned = self.edge_compensation(pruned, features, pixel_values)
         window = pruned.shape[-1] // self.grid_size  # the config guarantees an exact division
         return F.avg_pool2d(pruned, kernel_size=window, stride=window)
-
-
-class CenterFocusChannelAttention(nn.Module):
-    """Squeeze-excitation over the channels of the pooled map (design item 6). Unlike the seed's sketch, the map is
-    pooled and flattened before the linear layers."""
-
-    def __init__(self, channels: int, reduction: int):
-        super().__init__()
-        self.fc1 = nn.Linear(channels, max(1, channels // reduction))
-        self.fc2 = nn.Linear(max(1, channels // reduction), channels)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`(B, c, G, G)` -> `(B, c, G, G)`."""
-        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(features.mean(dim=(2, 3))))))  # (B, c)
-        return features * scale[:, :, None, None]
 
 
 class CenterFocusPositionEmbedding2D(nn.Module):
@@ -895,9 +901,12 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
         def make_output_require_grad(module, inputs, output):
             output.requires_grad_(True)
 
-        modules = [self.get_input_embeddings()]
-        modules += [m for m in self.modules() if isinstance(m, CenterFocusImageTokenizer)]
-        self._require_grads_hooks = [m.register_forward_hook(make_output_require_grad) for m in modules]
+        self._require_grads_hooks = [m.register_forward_hook(make_output_require_grad)
+                                     for m in self._input_modules()]
+
+    def _input_modules(self) -> list[nn.Module]:
+        """The modules whose outputs the transformer layers read: the text embedding and the image tokenizer."""
+        return [self.get_input_embeddings(), *(m for m in self.modules() if isinstance(m, CenterFocusImageTokenizer))]
 
     def disable_input_require_grads(self) -> None:
         for hook in getattr(self, "_require_grads_hooks", []):
@@ -1690,14 +1699,9 @@ class CenterFocusForImageClassification(CenterFocusPreTrainedModel):
         """The image-encoder layers in input-to-output order (see `CenterFocusEncoder.vision_layers`)."""
         return _vision_layers(self.vision_stem, self.image_tokenizer)
 
-    def enable_input_require_grads(self) -> None:
-        """Make the image tokens require grad (what adapters inside checkpointed layers need), there being no text
-        embedding to hook."""
-
-        def make_output_require_grad(module, inputs, output):
-            output.requires_grad_(True)
-
-        self._require_grads_hooks = [self.image_tokenizer.register_forward_hook(make_output_require_grad)]
+    def _input_modules(self) -> list[nn.Module]:
+        """The image tokenizer: there is no text embedding to hook (`enable_input_require_grads`)."""
+        return [self.image_tokenizer]
 
     def forward(
         self,
