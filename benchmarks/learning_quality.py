@@ -208,6 +208,36 @@ def plot(results: list[dict], out: Path, confusion_runs: Optional[list[str]] = N
     plt.close("all")
 
 
+TABLE_COLUMNS = (("center_identity_exact_match", "centre digit"), ("full_caption_exact_match", "full caption"),
+                 ("layout_exact_match", "layout"), ("edge_digit_identity", "edge digits"))
+SEED_SUFFIX = re.compile(r"_s\d+$")
+
+
+def table(report: list[dict]) -> str:
+    """The report as a markdown table, one row per configuration: runs whose names differ only in a `_sN` suffix are
+    seeds of one configuration, shown as mean (lowest-highest, n seeds); training TFLOP as a multiple of VED's."""
+    groups: dict[str, list[dict]] = {}
+    for r in report:
+        groups.setdefault(SEED_SUFFIX.sub("", r["run"]), []).append(r)
+    lines = ["| configuration | seeds | " + " | ".join(name for _, name in TABLE_COLUMNS) + " | training TFLOP (x VED) |",
+             "| --- | --- | " + " | ".join("---" for _ in TABLE_COLUMNS) + " | --- |"]
+    for name, runs in groups.items():
+        cells = []
+        for key, _ in TABLE_COLUMNS:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if not values:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.3f}")
+            else:
+                cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        flops = runs[0].get("training_tflops")
+        ved = runs[0].get("ved_training_tflops")
+        cost = f"{flops:.1f} ({flops / ved:.2f}x)" if flops and ved else (f"{flops:.1f}" if flops else "")
+        lines.append(f"| `{name}` | {len(runs)} | " + " | ".join(cells) + f" | {cost} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="The character benchmark's folder (needed with --run).")
@@ -223,9 +253,11 @@ def main(argv=None) -> list[dict]:
                         help="With --plots, draw the learning curve of this run only (repeatable; default all).")
     parser.add_argument("--out", type=Path, help="JSON report.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
+    parser.add_argument("--table", action="store_true",
+                        help="Print the report as a markdown table (seeds of one configuration, `NAME_sN`, grouped).")
     args = parser.parse_args(argv)
-    if args.from_json and (args.run or not args.plots):
-        parser.error("--from_json redraws --plots from a report; it takes --plots and no --run")
+    if args.from_json and (args.run or not (args.plots or args.table)):
+        parser.error("--from_json redraws --plots or prints --table from a report; it takes no --run")
     if not args.from_json and (not args.run or args.data is None):
         parser.error("give --data and at least one --run (or --from_json REPORT --plots FOLDER)")
     report = json.loads(args.from_json.read_text()) if args.from_json else None
@@ -235,7 +267,10 @@ def main(argv=None) -> list[dict]:
     if unknown:
         parser.error(f"runs {unknown} are not in {'the report' if report else '--run'} (it has {sorted(known)})")
     if report:
-        plot(report, args.plots, args.confusion, args.curves)
+        if args.plots:
+            plot(report, args.plots, args.confusion, args.curves)
+        if args.table:
+            print(table(report))
         return report
     count_cpu_flash_attention()  # CPU SDPA's flash kernel is invisible to torch's FLOP counter otherwise
     rows = read_split(args.data)
@@ -265,6 +300,8 @@ def main(argv=None) -> list[dict]:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.plots:
         plot(results, args.plots, args.confusion, args.curves)
+    if args.table:
+        print(table(results))
     return results
 
 

@@ -316,3 +316,17 @@ def test_centre_diagnostics_splits_the_caption_loss_into_centre_edge_and_other_t
     total = sum(v["tokens"] for v in losses.values())
     recombined = sum(v["loss"] * v["tokens"] for v in losses.values()) / total
     assert recombined == pytest.approx(reference, rel=1e-5)  # float32 sums of ~100 O(1) terms
+
+
+def test_learning_quality_table_groups_seeds_into_mean_and_range():
+    lq = load_benchmark("learning_quality")
+    runs = [{"run": f"cfg_s{seed}", "center_identity_exact_match": value, "full_caption_exact_match": 0.5,
+             "layout_exact_match": 1.0, "edge_digit_identity": None, "training_tflops": 50.0,
+             "ved_training_tflops": 100.0} for seed, value in ((1, 0.8), (2, 0.9), (3, 1.0))]
+    runs.append({"run": "other", "center_identity_exact_match": 0.25, "full_caption_exact_match": 0.125,
+                 "layout_exact_match": 0.5, "edge_digit_identity": 0.75})
+    rows = lq.table(runs).splitlines()
+    assert len(rows) == 4
+    assert rows[2].startswith("| `cfg` | 3 | 0.900 (0.800-1.000) | 0.500 (0.500-0.500) |")
+    assert rows[2].endswith("| 50.0 (0.50x) |")
+    assert rows[3] == "| `other` | 1 | 0.250 | 0.125 | 0.500 | 0.750 |  |"
