@@ -12,6 +12,13 @@ For step 0 (the run's config freshly initialised with its seed, plus `--vision_i
   tokens concatenated) and from the encoder's output (after the transformer layers): is the identity in the tokens?
 - the decoder's teacher-forced cross-entropy and accuracy on the centre digit's token, on the edge digits' tokens and
   on every other caption token of the test scenes: is it in the tokens but not read by the decoder?
+
+`--readouts` instead probes one model (`--step`: 0 for the run's initialisation, `final`, or a checkpoint's step) with
+the same linear probe on four read-outs of the image tokens and of the encoder's image states: all tokens
+concatenated (a position-specific read-out, as a flattened CNN head), the fovea's tokens concatenated, and the mean
+of all tokens and of the fovea's tokens (position-blind, as attention or global pooling sees them):
+
+    python benchmarks/centre_diagnostics.py --data hw --run runs/base_s42 --readouts --step 0
 """
 
 import argparse
@@ -90,6 +97,42 @@ def token_losses(model, processor, images: list, captions: list[str], batch_size
     return {k: {"loss": s / max(1, n), "accuracy": c / max(1, n), "tokens": n} for k, (s, c, n) in sums.items()}
 
 
+def readout_probes(model, processor, data: Path, probe_train: int) -> dict[str, float]:
+    """Held-out accuracy of the linear probe of the centre digit on concatenated and mean-pooled read-outs of all image
+    tokens and of the fovea's (the first `foveated_center_size**2` tokens of a foveated model, else the centre
+    region's), from the tokenizer's output (`tokens_*`) and from the encoder's image states (`encoder_*`)."""
+    train_images, train_y, _ = load_split(data, "train", probe_train)
+    test_images, test_y, _ = load_split(data, "test")
+    count, width = model.config.num_image_tokens, model.config.hidden_size
+    fovea = model.get_encoder().image_tokenizer.token_is_center.numpy()
+    if model.config.image_tokenizer_type == "foveated":
+        fovea = np.arange(count) < model.config.foveated_center_size ** 2
+    train_f, test_f = features(model, processor, train_images), features(model, processor, test_images)
+    results = {}
+    for key in ("tokens", "encoder"):
+        a = train_f[key].reshape(len(train_images), -1, width)[:, :count]  # (n, N, D)
+        b = test_f[key].reshape(len(test_images), -1, width)[:, :count]
+        for name, pick, pool in (("concat", slice(None), False), ("fovea_concat", fovea, False),
+                                 ("mean", slice(None), True), ("fovea_mean", fovea, True)):
+            x, y = a[:, pick], b[:, pick]
+            x, y = (x.mean(1), y.mean(1)) if pool else (x.reshape(len(x), -1), y.reshape(len(y), -1))
+            results[f"{key}_{name}"] = probe(x, train_y, y, test_y)["test"]
+    return results
+
+
+def step_model(run: Path, step: str, seed: int, vision_init: Path | None):
+    """The run's model at `step`: "0" (its config initialised with `seed`, plus `vision_init`'s vision weights),
+    "final", or a checkpoint's step."""
+    if step == "0":
+        torch.manual_seed(seed)
+        model = CenterFocusForConditionalGeneration(CenterFocusConfig.from_pretrained(run))
+        if vision_init is not None:
+            train.load_vision_weights(model, str(vision_init))
+        return model.eval()
+    folder = run if step == "final" else run / f"checkpoint-{step}"
+    return CenterFocusForConditionalGeneration.from_pretrained(folder).eval()
+
+
 def steps_of(run: Path) -> list[tuple[int, Path]]:
     checkpoints = sorted((int(p.name.split("-")[1]), p) for p in run.glob("checkpoint-*"))
     final = json.loads((run / "trainer_state.json").read_text())["global_step"] if (run / "trainer_state.json").exists() else None
@@ -105,23 +148,27 @@ def main() -> None:
     parser.add_argument("--vision_init", type=Path, help="The stage-1 folder the run started from, if any.")
     parser.add_argument("--seed", type=int, default=42, help="The run's seed (its step-0 initialisation).")
     parser.add_argument("--probe_train", type=int, default=1500, help="Training scenes the probes are fitted on.")
+    parser.add_argument("--readouts", action="store_true", help="Probe pooled and concatenated read-outs of --step.")
+    parser.add_argument("--step", default="final", help="With --readouts: 0, final, or a checkpoint's step.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     processor = CenterFocusProcessor.from_pretrained(args.run)
+    if args.readouts:
+        model = step_model(args.run, args.step, args.seed, args.vision_init)
+        results = {"run": str(args.run), "step": args.step,
+                   **readout_probes(model, processor, args.data, args.probe_train)}
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+        return
     train_images, train_y, _ = load_split(args.data, "train", args.probe_train)
     test_images, test_y, test_captions = load_split(args.data, "test")
     results = []
     models = [(0, None), *steps_of(args.run)]
     for step, folder in models:
-        if folder is None:
-            torch.manual_seed(args.seed)
-            model = CenterFocusForConditionalGeneration(CenterFocusConfig.from_pretrained(args.run))
-            if args.vision_init is not None:
-                train.load_vision_weights(model, str(args.vision_init))
-        else:
-            model = CenterFocusForConditionalGeneration.from_pretrained(folder)
-        model.eval()
+        model = step_model(args.run, "0", args.seed, args.vision_init) if folder is None else \
+            CenterFocusForConditionalGeneration.from_pretrained(folder).eval()
         train_f, test_f = features(model, processor, train_images), features(model, processor, test_images)
         row = {"step": step, **{f"probe_{k}": probe(train_f[k], train_y, test_f[k], test_y) for k in train_f},
                "teacher_forced": token_losses(model, processor, test_images, test_captions)}

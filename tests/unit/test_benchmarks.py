@@ -330,3 +330,36 @@ def test_learning_quality_table_groups_seeds_into_mean_and_range():
     assert rows[2].startswith("| `cfg` | 3 | 0.900 (0.800-1.000) | 0.500 (0.500-0.500) |")
     assert rows[2].endswith("| 50.0 (0.50x) |")
     assert rows[3] == "| `other` | 1 | 0.250 | 0.125 | 0.500 | 0.750 |  |"
+
+
+def test_centre_diagnostics_readouts_probe_the_pooled_and_concatenated_tokens(tmp_path):
+    """--readouts: each read-out is the linear probe of the centre digit on those tokens, recomputed here from the
+    model's image tokens (pooled by hand) for the position-blind mean and the fovea's concatenation."""
+    from centerfocus import CenterFocusImageProcessor, CenterFocusProcessor
+    from centerfocus.tools.handwriting import generate_handwriting_dataset
+    from centerfocus.tools.tokenizer import train_caption_tokenizer
+
+    from ..conftest import build_tiny_model
+
+    diagnostics = load_benchmark("centre_diagnostics")
+    data = generate_handwriting_dataset(tmp_path / "hw", num_train=40, num_test=12, image_size=64, seed=3)
+    _, train_y, captions = diagnostics.load_split(data, "train")
+    tokenizer = train_caption_tokenizer(captions, vocab_size=120)
+    processor = CenterFocusProcessor(CenterFocusImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    model = build_tiny_model(tokenizer, image_tokenizer_type="foveated").eval()
+    results = diagnostics.readout_probes(model, processor, data, probe_train=40)
+    assert set(results) == {f"{k}_{r}" for k in ("tokens", "encoder")
+                            for r in ("concat", "fovea_concat", "mean", "fovea_mean")}
+    train_images, _, _ = diagnostics.load_split(data, "train")
+    test_images, test_y, _ = diagnostics.load_split(data, "test")
+    with torch.no_grad():
+        def tokens(images):
+            return model.get_image_features(**processor(images=images, return_tensors="pt")).last_hidden_state.numpy()
+
+        a, b = tokens(train_images), tokens(test_images)
+    fovea = model.config.foveated_center_size ** 2
+    expected_mean = diagnostics.probe(a.mean(1), train_y, b.mean(1), test_y)["test"]
+    expected_fovea = diagnostics.probe(a[:, :fovea].reshape(len(a), -1), train_y, b[:, :fovea].reshape(len(b), -1),
+                                       test_y)["test"]
+    assert results["tokens_mean"] == pytest.approx(expected_mean)
+    assert results["tokens_fovea_concat"] == pytest.approx(expected_fovea)
