@@ -397,23 +397,25 @@ def test_word_loss_is_multiple_instance_word_detection_in_float64():
 
 
 def test_image_summary_reads_where_the_tokens_are_in_float64():
-    # the read-out is one linear map of the flattened tokens, added to every token: a permutation of the tokens, which
-    # attention pooling cannot tell apart, changes it
+    # the read-out is one linear map of the flattened tokens, added to the centre tokens only: a permutation of the
+    # tokens, which attention pooling cannot tell apart, changes it
     from centerfocus.modeling_centerfocus import CenterFocusImageSummary
 
     config = CenterFocusConfig(**tiny_config_kwargs(image_summary_type="flatten", image_summary_dim=3))
     torch.manual_seed(0)
     summary = CenterFocusImageSummary(config).double()
     tokens = torch.randn(2, config.num_image_tokens, config.hidden_size, dtype=torch.float64)
+    is_center = torch.arange(config.num_image_tokens) % 3 == 0
     narrow, proj = summary.narrow, summary.proj
     expected = torch.stack([
         proj.bias + sum(proj.weight[:, n * 3:(n + 1) * 3] @ (narrow.weight @ tokens[b, n] + narrow.bias)
                         for n in range(config.num_image_tokens))
         for b in range(2)])  # (B, D)
-    torch.testing.assert_close(summary(tokens), tokens + expected[:, None], rtol=1e-12, atol=1e-12)
+    out = summary(tokens, is_center)
+    torch.testing.assert_close(out[:, is_center], tokens[:, is_center] + expected[:, None], rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[:, ~is_center], tokens[:, ~is_center])
     swapped = tokens[:, torch.randperm(config.num_image_tokens, generator=torch.Generator().manual_seed(1))]
-    moved = summary(swapped) - swapped
-    assert (moved[:, 0] - (summary(tokens) - tokens)[:, 0]).abs().max() > 1e-3
+    assert ((summary(swapped, is_center) - swapped)[:, 0] - (out - tokens)[:, 0]).abs().max() > 1e-3
 
 
 def test_eager_and_sdpa_agree():
