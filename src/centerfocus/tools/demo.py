@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 DEMO_CONFIG = ("hidden_size=128,num_attention_heads=4,encoder_layers=1,decoder_layers=2,intermediate_size=256,"
                "image_size=64,stem_channels=16|32,stem_kernel_sizes=5|3,image_tokenizer_grid_size=8,"
                "max_position_embeddings=64,stem_norm_type=none,edge_compensation_type=none,"
-               "image_tokenizer_type=grid_pool")
+               "image_tokenizer_type=grid_pool,image_summary_type=none,center_loss_weight=0")
 
 
 def _parser(prog: str, description: str = __doc__) -> argparse.ArgumentParser:

@@ -42,8 +42,9 @@ from .tokenizer import train_caption_tokenizer
 logger = logging.getLogger(__name__)
 
 # Model sizes for training from scratch. "base" is the design's default model (the seed's two-convolution stem).
-# "small" carries what the character benchmark's ablation kept (docs/benchmarks.md): four conv-BN stages to
-# a 14x14 map under centre weighting, an edge stem for the periphery, foveated tokens (76, half the FLOPs of 196).
+# "small" carries what the character benchmarks' ablations kept (docs/benchmarks.md): four conv-BN stages to a 14x14 map
+# under centre weighting, an edge stem for the periphery, foveated tokens (76, half the FLOPs of 196), and for real
+# handwriting a flattened read-out of the token map added to the centre tokens, which the centre loss trains.
 MODEL_PRESETS = {
     "tiny": dict(hidden_size=64, num_attention_heads=4, encoder_layers=1, decoder_layers=2, intermediate_size=128,
                  image_size=64, stem_channels=(16, 32), stem_kernel_sizes=(5, 3), image_tokenizer_grid_size=8,
@@ -52,7 +53,7 @@ MODEL_PRESETS = {
                   image_size=224, stem_channels=(24, 48, 96, 192), stem_kernel_sizes=(3, 3, 3, 3),
                   stem_strides=(2, 2, 2, 2), center_sigmas=(0.2, 0.3, 0.4, 0.5), stem_norm_type="batch",
                   edge_compensation_type="stem", image_tokenizer_type="foveated", image_tokenizer_grid_size=14,
-                  max_position_embeddings=256),
+                  image_summary_type="flatten", center_loss_weight=1.0, max_position_embeddings=256),
     "base": {},
 }
 
