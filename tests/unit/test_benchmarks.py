@@ -105,7 +105,10 @@ def test_step_breakdown_counts_the_matmul_flops_torch_counts(monkeypatch):
     shares = result["share_of_timed_step"]
     assert {"matmul", "optimizer", "convolution", "other_ops", "framework"} <= set(shares)
     assert all(0 <= share <= 1 for name, share in shares.items() if name != "framework")
-    assert 0 < result["fraction_of_peak"] < result["fraction_of_peak_if_only_flop_counted_ops_took_time"]
+    # the flop-counted operators take part of the same timed steps (the untimed steps' median, which fraction_of_peak
+    # uses, is another measurement: on a loaded machine the two can cross)
+    assert 0 < result["fraction_of_peak"]
+    assert 0 < sum(shares.get(k, 0) for k in ("matmul", "attention", "convolution")) < 1
 
 
 def test_compiled_comparison_run_reports_the_compile(tmp_path):
