@@ -21,9 +21,13 @@ from centerfocus import (
     CenterFocusModel,
     CenterFocusProcessor,
 )
+from centerfocus._compat import auto_model_for_vision2seq
 
 from ..conftest import TRANSFORMERS_5, build_tiny_model
 from ..fresh_process import run_without_package
+
+
+VISION2SEQ_NAME = "AutoModelForImageTextToText" if auto_model_for_vision2seq() is None else "AutoModelForVision2Seq"
 
 
 def _vision2seq():
@@ -135,8 +139,7 @@ def test_fresh_process_without_the_package_loads_with_trust_remote_code(saved_fo
         from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
         warnings.simplefilter("ignore", FutureWarning)
         import transformers
-        # AutoModelForVision2Seq: 4.57 only (transformers 5 removed it)
-        vision2seq = getattr(transformers, "AutoModelForVision2Seq", AutoModelForImageTextToText)
+        vision2seq = getattr(transformers, {VISION2SEQ_NAME!r})  # AutoModelForVision2Seq on 4.57 only
         folder = {str(saved_folder)!r}
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
         model = vision2seq.from_pretrained(folder, trust_remote_code=True).eval()

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 from centerfocus import CenterFocusImageProcessor
@@ -129,8 +128,9 @@ def test_fast_image_processor_is_the_auto_class_torchvision_backend(saved_folder
     from transformers import AutoImageProcessor
 
     from centerfocus import CenterFocusImageProcessorFast
+    from centerfocus._compat import REGISTERS_TORCH_FAST_IMAGE_PROCESSOR
 
-    if int(transformers.__version__.split(".")[0]) < 5:
+    if not REGISTERS_TORCH_FAST_IMAGE_PROCESSOR:
         pytest.skip("transformers 4.57 registers as fast image processors only subclasses of its torchvision-based "
                     "BaseImageProcessorFast; CenterFocusImageProcessorFast is used directly there")
     fast = AutoImageProcessor.from_pretrained(saved_folder, backend="torchvision")
