@@ -99,14 +99,11 @@ def token_losses(model, processor, images: list, captions: list[str], batch_size
 
 def readout_probes(model, processor, data: Path, probe_train: int) -> dict[str, float]:
     """Held-out accuracy of the linear probe of the centre digit on concatenated and mean-pooled read-outs of all image
-    tokens and of the fovea's (the first `foveated_center_size**2` tokens of a foveated model, else the centre
-    region's), from the tokenizer's output (`tokens_*`) and from the encoder's image states (`encoder_*`)."""
+    tokens and of the centre region's (a foveated model's fovea), from the tokenizer's output (`tokens_*`) and from the encoder's image states (`encoder_*`)."""
     train_images, train_y, _ = load_split(data, "train", probe_train)
     test_images, test_y, _ = load_split(data, "test")
     count, width = model.config.num_image_tokens, model.config.hidden_size
-    fovea = model.get_encoder().image_tokenizer.token_is_center.numpy()
-    if model.config.image_tokenizer_type == "foveated":
-        fovea = np.arange(count) < model.config.foveated_center_size ** 2
+    fovea = model.get_encoder().image_tokenizer.token_is_center.numpy()  # a foveated model's fovea is its centre region
     train_f, test_f = features(model, processor, train_images), features(model, processor, test_images)
     results = {}
     for key in ("tokens", "encoder"):
