@@ -130,6 +130,11 @@ def test_cli_dry_run_writes_only_the_repository_files(dry_run, source_folder, ex
     assert not any((out / name).exists() for name in NOT_UPLOADED)
     for name in ["model.safetensors", *hub.CODE_FILES, "tokenizer.json", "generation_config.json"]:
         assert (out / name).read_bytes() == (source_folder / name).read_bytes(), name
+    # the modules the model files import relatively are shipped, and the card names every code file to review
+    shipped = hub.code_files(out)
+    assert {"_compat.py", "loading_centerfocus.py"} <= set(shipped) <= set(expected_files)
+    card = (out / "README.md").read_text()
+    assert all(f"`{name}`" in card for name in shipped)
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
     assert auto_map == hub.CONFIG_AUTO_MAP
     # no token in anything the command printed or wrote

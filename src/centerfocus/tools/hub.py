@@ -411,7 +411,8 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
     code_origin = _package_code_dir() if refresh_code else source
     if refresh_code:
         logger.info(f"Copying the model code from the installed package ({code_origin}).")
-    for name in code_files(code_origin):
+    shipped_code = code_files(code_origin)
+    for name in shipped_code:
         copy(name, code_origin / name)
     _copy_with_auto_map(source / "preprocessor_config.json", target / "preprocessor_config.json",
                         IMAGE_PROCESSOR_AUTO_MAP)
@@ -444,7 +445,7 @@ def assemble_repo_folder(model_dir: PathLike, out_dir: PathLike, repo_id: str, r
         config, repo_id, revision=revision, license=license, metrics=read_eval_metrics(source),
         datasets=read_datasets(source, datasets), num_parameters=weight_info["num_parameters"],
         lowercase_captions=_tokenizer_lowercases(source), has_onnx=has_onnx,
-        max_length=_read_json(source / "generation_config.json").get("max_length"))
+        max_length=_read_json(source / "generation_config.json").get("max_length"), code_files=shipped_code)
     (target / "README.md").write_text(card, encoding="utf-8")
     written.append("README.md")
     skipped = sorted(p.name for p in source.iterdir() if p.name not in {Path(w).parts[0] for w in written})

@@ -55,7 +55,8 @@ def _metric_id(key: str) -> str:
 def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None, license: str = "apache-2.0",
                      metrics: Optional[dict[str, float]] = None, datasets: Optional[list[str]] = None,
                      num_parameters: Optional[int] = None, lowercase_captions: bool = False,
-                     has_onnx: bool = False, max_length: Optional[int] = None) -> str:
+                     has_onnx: bool = False, max_length: Optional[int] = None,
+                     code_files: Optional[list[str]] = None) -> str:
     """Write the model card (`README.md`): Hub metadata, usage, components, evaluation and limits.
 
     Args:
@@ -68,6 +69,8 @@ def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None,
         num_parameters: Number of parameters stored in the weights.
         lowercase_captions: Whether the tokenizer lower-cases text (captions come out lower-case).
         has_onnx: Whether the repository has an `onnx/` folder.
+        code_files: The code files the repository ships (default `CODE_FILES`; the assembly adds the modules they
+            import relatively).
         max_length: The default caption length limit of generation_config.json (tokens, including the start).
 
     Returns:
@@ -123,7 +126,7 @@ def build_model_card(config: dict, repo_id: str, revision: Optional[str] = None,
         "attention, dynamic channel pruning of the periphery) turns the image into tokens, a multimodal encoder reads "
         "them with an optional prompt, and an autoregressive decoder writes the caption.",
         "",
-        "The model code ships in this repository (`" + "`, `".join(CODE_FILES) + "`), so loading needs "
+        "The model code ships in this repository (`" + "`, `".join(code_files or CODE_FILES) + "`), so loading needs "
         "`trust_remote_code=True`, which **runs that code on your machine**. Read it first, and pin `revision=` to "
         "the commit hash you reviewed (the snippets below use "
         f"`revision={q_rev}`; replace it by a commit hash) so that later pushes cannot change the code you run.",
