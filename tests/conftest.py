@@ -90,7 +90,7 @@ def tiny_config_kwargs(**overrides) -> dict:
         vocab_size=64, hidden_size=32, num_attention_heads=4, encoder_layers=2, decoder_layers=2,
         intermediate_size=64, max_position_embeddings=64, image_size=32, stem_channels=(8, 16),
         stem_kernel_sizes=(3, 3), stem_strides=(2, 2), image_tokenizer_grid_size=8, foveated_center_size=4,
-        foveated_periphery_pool=2, local_attention_window=1, contrastive_dim=16,
+        foveated_periphery_pool=2, contrastive_dim=16,
     )
     kwargs.update(overrides)
     return kwargs

@@ -16,7 +16,7 @@ from .modeling_centerfocus import (
 from .processing_centerfocus import CenterFocusProcessor
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def register_auto_classes() -> None:

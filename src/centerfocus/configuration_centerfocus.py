@@ -11,17 +11,14 @@ logger = logging.get_logger(__name__)
 # Allowed values of every component switch, defined once. The modeling file maps the same strings to classes.
 CENTER_WEIGHTING_TYPES = ("gaussian", "none")
 CHANNEL_PRUNING_TYPES = ("topk", "none")
-STEM_NORM_TYPES = ("none", "batch", "group")
-EDGE_COMPENSATION_TYPES = ("conv", "stem", "none")
-EDGE_PRECISIONS = ("float32", "float16", "bfloat16")
+STEM_NORM_TYPES = ("none", "batch")
+EDGE_COMPENSATION_TYPES = ("stem", "none")
 CHANNEL_ATTENTION_TYPES = ("se", "none")
 IMAGE_TOKENIZER_TYPES = ("grid_pool", "foveated")
 IMAGE_SUMMARY_TYPES = ("none", "flatten")
 POSITION_EMBEDDING_TYPES = ("learned_2d", "sincos_2d", "none")
 MODALITY_EMBEDDING_TYPES = ("learned", "none")
 MODALITY_GATE_TYPES = ("dynamic", "none")
-ENCODER_ATTENTION_TYPES = ("full", "center_local")
-CROSS_MODAL_ATTENTION_TYPES = ("full", "cls_only")
 DECODER_TYPES = ("autoregressive", "non_autoregressive")
 
 #: Every component switch, defined once: config field -> (allowed values, or None for a loss weight >= 0; what it
@@ -32,21 +29,31 @@ SWITCHES = {
     "stem_norm_type": (STEM_NORM_TYPES, "normalisation after each stem convolution"),
     "channel_pruning_type": (CHANNEL_PRUNING_TYPES, "dynamic channel pruning of the periphery"),
     "edge_compensation_type": (EDGE_COMPENSATION_TYPES, "edge-compensation branch on the periphery"),
-    "edge_precision": (EDGE_PRECISIONS, "dtype of the conv edge branch"),
     "channel_attention_type": (CHANNEL_ATTENTION_TYPES, "squeeze-excitation on the pooled map"),
     "image_tokenizer_type": (IMAGE_TOKENIZER_TYPES, "image tokens: one per grid cell, or foveated"),
     "image_summary_type": (IMAGE_SUMMARY_TYPES, "a linear read-out of the flattened token map, added to every token"),
     "position_embedding_type": (POSITION_EMBEDDING_TYPES, "2-D position embedding of image tokens"),
     "modality_embedding_type": (MODALITY_EMBEDDING_TYPES, "[IMG]/[TXT] type embeddings"),
     "modality_gate_type": (MODALITY_GATE_TYPES, "gate balancing image and text tokens"),
-    "encoder_attention_type": (ENCODER_ATTENTION_TYPES, "encoder attention pattern"),
-    "cross_modal_attention_type": (CROSS_MODAL_ATTENTION_TYPES, "how image tokens see the prompt"),
     "decoder_type": (DECODER_TYPES, "autoregressive (KV cache) or non-autoregressive (mask-predict) decoding"),
     "contrastive_loss_weight": (None, "weight of the contrastive alignment loss (training)"),
     "center_loss_weight": (None, "weight of the centre-quality loss (training)"),
     "word_loss_weight": (None, "weight of the word-detection loss (training)"),
 }
 _SWITCHES = {name: values for name, (values, _) in SWITCHES.items() if values is not None}
+
+#: Options removed because no benchmark showed an effect worth their code (docs/benchmarks.md, "Switches kept and
+#: removed"): field -> (the value that behaves as the model does now, or None if the field is simply ignored now).
+#: A saved config that asks for a removed behaviour fails to load with an error naming it; one that asks for the
+#: behaviour kept loads unchanged.
+REMOVED_OPTIONS = {
+    "encoder_attention_type": "full",  # "center_local": peripheral tokens attending locally
+    "cross_modal_attention_type": "full",  # "cls_only": image tokens seeing the prompt through its first token only
+    "local_attention_window": None,  # the window of "center_local"
+    "edge_precision": None,  # the dtype of the "conv" edge branch
+}
+#: Values removed from switches that remain: field -> removed values.
+REMOVED_VALUES = {"edge_compensation_type": ("conv",), "stem_norm_type": ("group",)}
 
 _BASE_CONFIG_KEYS: Optional[frozenset] = None
 
@@ -59,6 +66,17 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _drop_removed_options(kwargs: dict) -> None:
+    """Remove from `kwargs` the options that no longer exist, raising `ValueError` where a saved config relies on one."""
+    for name, kept in REMOVED_OPTIONS.items():
+        value = kwargs.pop(name, kept)
+        if kept is not None and value != kept:
+            raise ValueError(f"`{name}={value!r}` was removed from CenterFocus 0.2 (no benchmark showed it helps; "
+                             f"docs/benchmarks.md, 'Switches kept and removed'). Only {kept!r} remains: set "
+                             f"`{name}` to {kept!r} or drop it from the config to load this model as a dense one, "
+                             "which changes its outputs, or load it with centerfocus 0.1.")
 
 
 def _is_number(value) -> bool:
@@ -106,8 +124,7 @@ class CenterFocusConfig(PretrainedConfig):
         stem_kernel_sizes (`tuple[int]`, *optional*, defaults to `(7, 3)`): Kernel size of each stem stage.
         stem_strides (`tuple[int]`, *optional*, defaults to `(2, 2)`): Stride of each stem stage.
         stem_norm_type (`str`, *optional*, defaults to `"none"`): Normalisation after every stem convolution:
-            `"batch"` (BatchNorm, as ResNet), `"group"` (GroupNorm, independent of the batch) or `"none"` (the seed's
-            conv -> ReLU).
+            `"batch"` (BatchNorm, as ResNet) or `"none"` (the seed's conv -> ReLU).
         stem_residual_blocks (`tuple[int]`, *optional*): Residual basic blocks (two 3x3 convolutions and a skip, as
             ResNet) after each stage's strided convolution. Defaults to none in every stage (the seed's stem).
         center_weighting_type (`str`, *optional*, defaults to `"gaussian"`): `"gaussian"` re-weights every stem
@@ -124,9 +141,7 @@ class CenterFocusConfig(PretrainedConfig):
             fraction (straight-through gradients, deterministic); `"none"` disables it.
         channel_pruning_keep_ratio (`float`, *optional*, defaults to 0.5): Fraction of channels kept in the periphery.
         channel_pruning_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the channel gate.
-        edge_compensation_type (`str`, *optional*, defaults to `"none"`): `"conv"` adds a light depthwise-separable
-            conv branch on the periphery of the last stem stage (design item 10); `"stem"` adds, outside the centre
-            region, the output of a light CNN of its own on the image (the stem's kernels and strides at half its
+        edge_compensation_type (`str`, *optional*, defaults to `"none"`): `"stem"` adds, outside the centre region, the output of a light CNN of its own on the image (the stem's kernels and strides at half its
             widths, no centre weighting) plus each cell's projected brightest colour, which keeps the periphery readable
             under strong centre weighting; `"none"` disables it.
         edge_stem_width_ratio (`float`, *optional*, defaults to 0.5): Width of the `"stem"` edge branch's stages as a
@@ -134,9 +149,6 @@ class CenterFocusConfig(PretrainedConfig):
         edge_stem_residual_blocks (`int`, *optional*, defaults to 0): Residual blocks after the `"stem"` edge branch's
             last stage. Each adds two 3x3 convolutions at the last stage's stride, widening what one peripheral cell
             sees by `4 x prod(stem_strides)` pixels, so a cell can see a whole small object.
-        edge_precision (`str`, *optional*, defaults to `"float32"`): Dtype the `"conv"` edge-compensation branch
-            computes in; `"float16"`/`"bfloat16"` run the periphery in half precision while centre and text stay in
-            float32.
         channel_attention_type (`str`, *optional*, defaults to `"se"`): `"se"` applies squeeze-excitation channel
             attention to the pooled feature map before projection; `"none"` disables it.
         channel_attention_reduction (`int`, *optional*, defaults to 4): Bottleneck reduction of the SE block.
@@ -158,12 +170,6 @@ class CenterFocusConfig(PretrainedConfig):
             to the encoder input; `"none"` disables them.
         modality_gate_type (`str`, *optional*, defaults to `"dynamic"`): `"dynamic"` scales every encoder output
             token by a learned gate in (0, 2) that balances image and text contributions; `"none"` disables it.
-        encoder_attention_type (`str`, *optional*, defaults to `"full"`): `"center_local"` lets centre image tokens
-            attend globally while peripheral image tokens attend only to image tokens within
-            `local_attention_window` grid cells; `"full"` is dense attention.
-        local_attention_window (`int`, *optional*, defaults to 2): Chebyshev radius of the local window, in cells.
-        cross_modal_attention_type (`str`, *optional*, defaults to `"full"`): `"cls_only"` lets image tokens see the
-            prompt only through its first token; `"full"` is dense.
         contrastive_loss_weight (`float`, *optional*, defaults to 0.0): Weight of a CLIP-style image-caption
             alignment loss added to the caption loss. 0 disables it (and builds no projection heads).
         contrastive_dim (`int`, *optional*, defaults to 256): Width of the contrastive projections.
@@ -220,7 +226,7 @@ class CenterFocusConfig(PretrainedConfig):
         stem_channels: tuple = (64, 128),
         stem_kernel_sizes: tuple = (7, 3),
         stem_strides: tuple = (2, 2),
-        stem_norm_type: Literal["none", "batch", "group"] = "none",
+        stem_norm_type: Literal["none", "batch"] = "none",
         stem_residual_blocks: Optional[tuple] = None,
         center_weighting_type: Literal["gaussian", "none"] = "gaussian",
         center_sigmas: tuple = (0.2, 0.3),
@@ -230,10 +236,9 @@ class CenterFocusConfig(PretrainedConfig):
         channel_pruning_type: Literal["topk", "none"] = "topk",
         channel_pruning_keep_ratio: float = 0.5,
         channel_pruning_reduction: int = 4,
-        edge_compensation_type: Literal["conv", "none"] = "none",
+        edge_compensation_type: Literal["stem", "none"] = "none",
         edge_stem_width_ratio: float = 0.5,
         edge_stem_residual_blocks: int = 0,
-        edge_precision: Literal["float32", "float16", "bfloat16"] = "float32",
         channel_attention_type: Literal["se", "none"] = "se",
         channel_attention_reduction: int = 4,
         image_tokenizer_type: Literal["grid_pool", "foveated"] = "grid_pool",
@@ -245,9 +250,6 @@ class CenterFocusConfig(PretrainedConfig):
         position_embedding_type: Literal["learned_2d", "sincos_2d", "none"] = "learned_2d",
         modality_embedding_type: Literal["learned", "none"] = "learned",
         modality_gate_type: Literal["dynamic", "none"] = "dynamic",
-        encoder_attention_type: Literal["full", "center_local"] = "full",
-        local_attention_window: int = 2,
-        cross_modal_attention_type: Literal["full", "cls_only"] = "full",
         contrastive_loss_weight: float = 0.0,
         contrastive_dim: int = 256,
         contrastive_temperature: float = 0.07,
@@ -297,7 +299,6 @@ class CenterFocusConfig(PretrainedConfig):
         self.edge_compensation_type = edge_compensation_type
         self.edge_stem_width_ratio = edge_stem_width_ratio
         self.edge_stem_residual_blocks = edge_stem_residual_blocks
-        self.edge_precision = edge_precision
         self.channel_attention_type = channel_attention_type
         self.channel_attention_reduction = channel_attention_reduction
         self.image_tokenizer_type = image_tokenizer_type
@@ -309,9 +310,6 @@ class CenterFocusConfig(PretrainedConfig):
         self.position_embedding_type = position_embedding_type
         self.modality_embedding_type = modality_embedding_type
         self.modality_gate_type = modality_gate_type
-        self.encoder_attention_type = encoder_attention_type
-        self.local_attention_window = local_attention_window
-        self.cross_modal_attention_type = cross_modal_attention_type
         self.contrastive_loss_weight = contrastive_loss_weight
         self.contrastive_dim = contrastive_dim
         self.contrastive_temperature = contrastive_temperature
@@ -322,6 +320,7 @@ class CenterFocusConfig(PretrainedConfig):
         self.nar_max_length = nar_max_length
         self.nar_length_loss_weight = nar_length_loss_weight
         self.use_cache = use_cache
+        _drop_removed_options(kwargs)
 
         unknown = sorted(set(kwargs) - _base_config_keys() - set(self.attribute_map))
         if unknown:
@@ -350,6 +349,11 @@ class CenterFocusConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """Raise `ValueError` naming the field for any invalid value. Called again by the model."""
+        for name, removed in REMOVED_VALUES.items():
+            _check(getattr(self, name) not in removed,
+                   f"`{name}={getattr(self, name)!r}` was removed from CenterFocus 0.2 (no benchmark showed it helps; "
+                   f"docs/benchmarks.md, 'Switches kept and removed'); choose one of {_SWITCHES[name]}, or load this "
+                   "model with centerfocus 0.1.")
         for name, choices in _SWITCHES.items():
             _check_choice(name, getattr(self, name), choices)
         for name in ("vocab_size", "hidden_size", "num_attention_heads", "decoder_layers", "intermediate_size",
@@ -362,8 +366,6 @@ class CenterFocusConfig(PretrainedConfig):
                    f"`{name}` must be a positive integer, got {value!r}.")
         _check(isinstance(self.encoder_layers, int) and self.encoder_layers >= 0,
                f"`encoder_layers` must be a non-negative integer, got {self.encoder_layers!r}.")
-        _check(isinstance(self.local_attention_window, int) and self.local_attention_window >= 0,
-               f"`local_attention_window` must be a non-negative integer, got {self.local_attention_window!r}.")
         _check(self.hidden_size % self.num_attention_heads == 0,
                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                f"({self.num_attention_heads}).")
@@ -430,9 +432,6 @@ class CenterFocusConfig(PretrainedConfig):
         _check(self.image_tokenizer_grid_size <= side and side % self.image_tokenizer_grid_size == 0,
                f"`image_tokenizer_grid_size` ({self.image_tokenizer_grid_size}) must divide the stem's output grid "
                f"({side} = image_size / total stride): the pooling windows are fixed (exportable) and equal.")
-        _check(self.edge_precision == "float32" or self.edge_compensation_type == "conv",
-               f"`edge_precision`={self.edge_precision!r} needs `edge_compensation_type='conv'` (it sets the dtype "
-               "of that branch).")
         _check(_is_number(self.edge_stem_width_ratio) and self.edge_stem_width_ratio > 0,
                f"`edge_stem_width_ratio` must be a number > 0, got {self.edge_stem_width_ratio!r}.")
         _check(isinstance(self.edge_stem_residual_blocks, int) and not isinstance(self.edge_stem_residual_blocks, bool)

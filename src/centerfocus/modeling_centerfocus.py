@@ -111,51 +111,6 @@ def center_region_mask(height: int, width: int, region_size: float, device=None)
     return (v.abs() <= region_size) & (u.abs() <= region_size)
 
 
-def all_text_columns(text_length: int, device=None) -> torch.Tensor:
-    """`(L,)` bool: image queries may see every prompt token."""
-    return torch.ones(text_length, dtype=torch.bool, device=device)
-
-
-def first_text_column(text_length: int, device=None) -> torch.Tensor:
-    """`(L,)` bool: image queries see the prompt only through its first (CLS-like) token (design item 9)."""
-    return torch.arange(text_length, device=device) == 0
-
-
-def encoder_structure_mask(
-    image_mask: torch.Tensor, image_text_rows: torch.Tensor, text_length: int, text_columns_fn=all_text_columns
-) -> torch.Tensor:
-    """Which encoder position may attend to which, before padding.
-
-    Args:
-        image_mask: `(N, N)` bool, image query -> image key (all True for dense attention).
-        image_text_rows: `(N,)` bool, image queries that may see prompt tokens at all.
-        text_length: prompt length `L` (0 for image-only input).
-        text_columns_fn: `(L, device) -> (L,)` bool, the prompt keys image queries may see.
-
-    Returns:
-        `(S, S)` bool, True where query (row) may attend to key (column). Prompt queries see everything.
-    """
-    if text_length == 0:
-        return image_mask
-    device = image_mask.device
-    text_columns = text_columns_fn(text_length, device)
-    image_rows = torch.cat([image_mask, image_text_rows[:, None] & text_columns[None, :]], dim=1)  # (N, S)
-    text_rows = torch.ones(text_length, image_rows.shape[1], dtype=torch.bool, device=device)  # (L, S)
-    return torch.cat([image_rows, text_rows], dim=0)  # (S, S)
-
-
-def full_image_attention(coordinates: torch.Tensor, is_center: torch.Tensor, window: int) -> torch.Tensor:
-    """`(N, N)` bool, dense image-to-image attention."""
-    return torch.ones(len(is_center), len(is_center), dtype=torch.bool)
-
-
-def center_local_image_attention(coordinates: torch.Tensor, is_center: torch.Tensor, window: int) -> torch.Tensor:
-    """`(N, N)` bool (design item 7): centre tokens attend to every image token, peripheral tokens only to tokens
-    within Chebyshev distance `window` (coordinates `(N, 2)` in grid cells)."""
-    distance = (coordinates[:, None, :] - coordinates[None, :, :]).abs().amax(dim=-1)  # (N, N)
-    return is_center[:, None] | (distance <= window + 1e-6)
-
-
 def check_token_ids(name: str, ids: Optional[torch.Tensor], vocab_size: int, ignore_index: Optional[int] = None):
     """Raise `ValueError` naming the tensor, the first id outside `[0, vocab_size)` and the vocabulary size, where the
     embedding would end in "IndexError: index out of range in self". Skipped while tracing or compiling (a data-
@@ -453,32 +408,6 @@ class CenterFocusChannelPruning(CenterFocusSqueezeExcitation):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features * self.channel_mask(features)
-
-
-class CenterFocusEdgeCompensation(nn.Module):
-    """Edge-feature compensation (design item 10): a light depthwise-separable conv whose output is added on the
-    periphery only. With `dtype` float16/bfloat16 the branch computes in half precision (design item 5, edge
-    precision) while everything else stays in the model's dtype."""
-
-    def __init__(self, channels: int, center_region_size: float, dtype: str):
-        super().__init__()
-        self.depthwise = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
-        self.pointwise = nn.Conv2d(channels, channels, kernel_size=1)
-        self.center_region_size = center_region_size
-        self.compute_dtype = EDGE_PRECISION_DTYPES[dtype]
-
-    def _conv(self, conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
-        dtype = self.compute_dtype
-        bias = conv.bias.to(dtype) if conv.bias is not None else None
-        return F.conv2d(features, conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-    def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Add `pointwise(relu(depthwise(source)))` to `features` outside the centre. Both `(B, c, h, w)`; `source` is
-        the last stage's output, `pixel_values` is not read."""
-        branch = self._conv(self.pointwise, F.relu(self._conv(self.depthwise, source.to(self.compute_dtype))))
-        center = center_region_mask(source.shape[-2], source.shape[-1], self.center_region_size, source.device)
-        periphery = (~center).to(features.dtype)[None, None]
-        return features + branch.to(features.dtype) * periphery
 
 
 class CenterFocusEdgeStem(nn.Module):
@@ -795,8 +724,6 @@ CHANNEL_PRUNING_CLASSES = {
     "none": _identity,
 }
 EDGE_COMPENSATION_CLASSES = {
-    "conv": lambda config: CenterFocusEdgeCompensation(config.stem_channels[-1], config.center_region_size,
-                                                       config.edge_precision),
     "stem": CenterFocusEdgeStem,
     "none": _identity,
 }
@@ -819,8 +746,6 @@ MODALITY_GATE_CLASSES = {"dynamic": CenterFocusModalityGate, "none": _identity}
 IMAGE_SUMMARY_CLASSES = {"flatten": CenterFocusImageSummary, "none": lambda config: None}
 STEM_NORM_CLASSES = {
     "batch": nn.BatchNorm2d,
-    # 32 groups as in Wu & He (2018), fewer where the stage is narrower
-    "group": lambda channels: nn.GroupNorm(math.gcd(channels, 32), channels),
     "none": _identity,
 }
 IMAGE_TOKEN_POOLING = {
@@ -828,10 +753,7 @@ IMAGE_TOKEN_POOLING = {
     "foveated": lambda config: foveation_matrix(config.image_tokenizer_grid_size, config.foveated_center_size,
                                                 config.foveated_periphery_pool),
 }
-ENCODER_IMAGE_ATTENTION_MASKS = {"full": full_image_attention, "center_local": center_local_image_attention}
-CROSS_MODAL_TEXT_COLUMNS = {"full": all_text_columns, "cls_only": first_text_column}
 DECODER_IS_CAUSAL = {"autoregressive": True, "non_autoregressive": False}
-EDGE_PRECISION_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -918,7 +840,7 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (CenterFocusImageTokenizer, CenterFocusPositionEmbedding2D, CenterFocusEncoder)):
+        if isinstance(module, (CenterFocusImageTokenizer, CenterFocusPositionEmbedding2D)):
             # non-persistent buffers derived from the config (transformers 5 leaves them uninitialised after loading)
             for name, value in module.derived_buffers().items():
                 getattr(module, name).copy_(value)
@@ -934,7 +856,7 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
                 init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(module, nn.BatchNorm2d):
             (init.zeros_ if getattr(module, "zero_init", False) else init.ones_)(module.weight)
             init.zeros_(module.bias)
             if isinstance(module, nn.BatchNorm2d):
@@ -978,24 +900,8 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         self.layers = nn.ModuleList(CenterFocusEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.modality_gate = MODALITY_GATE_CLASSES[config.modality_gate_type](config)
-        for name, buffer in self.derived_buffers().items():
-            self.register_buffer(name, buffer, persistent=False)
-        self.dense_attention = config.encoder_attention_type == "full" and config.cross_modal_attention_type == "full"
         self.gradient_checkpointing = False
         self.post_init()
-
-    def derived_buffers(self) -> dict[str, torch.Tensor]:
-        """The attention structure, computed from the config: `image_attention_mask` `(N, N)` bool and
-        `image_text_rows` `(N,)` bool, the image queries allowed to see prompt tokens (peripheral ones are local-only
-        under `center_local`). Not saved with the weights; `_init_weights` recomputes it after loading."""
-        config = self.config
-        geometry = self.image_tokenizer.derived_buffers()
-        coordinates, is_center = geometry["token_coordinates"], geometry["token_is_center"]
-        with torch.device("cpu"):
-            image_mask = ENCODER_IMAGE_ATTENTION_MASKS[config.encoder_attention_type](
-                coordinates * (config.image_tokenizer_grid_size / 2), is_center, config.local_attention_window)
-            rows = is_center.clone() if config.encoder_attention_type == "center_local" else torch.ones_like(is_center)
-        return {"image_attention_mask": image_mask, "image_text_rows": rows}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -1088,18 +994,15 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         # 1. image (+ prompt) -> tokens and the full padding mask over [image ; prompt]
         hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)  # (B, S, D)
         batch, length = hidden_states.shape[:2]
-        num_image_tokens = self.image_attention_mask.shape[0]
+        num_image_tokens = self.config.num_image_tokens
         text_length = length - num_image_tokens
         padding = None  # (B, S) over [image ; prompt], only when the caller gave a mask
         if attention_mask is not None:
             image_mask = torch.ones(batch, num_image_tokens, dtype=torch.long, device=hidden_states.device)
             prompt_mask = attention_mask.to(torch.long) if text_length > 0 else image_mask[:, :0]
             padding = torch.cat([image_mask, prompt_mask], dim=1)
-        structure = None  # dense attention: no sparsity pattern, SDPA takes its unmasked path unless there is padding
-        if not self.dense_attention:
-            structure = encoder_structure_mask(self.image_attention_mask, self.image_text_rows, text_length,
-                                               CROSS_MODAL_TEXT_COLUMNS[self.config.cross_modal_attention_type])
-        mask = combine_masks(structure, padding)  # (B, 1, S, S), or None for dense unpadded attention
+        # dense attention: SDPA takes its unmasked path unless there is padding
+        mask = combine_masks(None, padding)  # (B, 1, S, S), or None without padding
 
         # 2. transformer layers
         all_hidden, all_attentions = (), ()

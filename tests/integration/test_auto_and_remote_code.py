@@ -68,8 +68,8 @@ def test_round_trip_is_bit_exact(saved_folder, tiny_model):
 
 @pytest.mark.parametrize("overrides", [
     {"image_tokenizer_type": "grid_pool", "position_embedding_type": "sincos_2d"},
-    {"image_tokenizer_type": "foveated", "encoder_attention_type": "center_local"},
-], ids=["grid_pool-sincos", "foveated-center_local"])
+    {"image_tokenizer_type": "foveated", "image_summary_type": "flatten"},
+], ids=["grid_pool-sincos", "foveated-summary"])
 def test_loading_recomputes_what_the_checkpoint_does_not_hold(tokenizer, tmp_path, overrides):
     # non-persistent buffers (token geometry, attention structure, a fixed position table) are not saved; transformers
     # 5 builds the model on the meta device and leaves them to _init_weights

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.timeout(120)
         ("channel_pruning_reduction", 0, {}),
         ("channel_attention_reduction", 0, {}),
         ("contrastive_dim", -4, {}),
-        ("local_attention_window", -1, {}),
         ("attention_dropout", -0.1, {}),
         ("dropout", "0.1", {}),
         ("image_size", 32.0, {}),

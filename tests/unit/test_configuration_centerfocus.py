@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from transformers import AutoConfig
 from transformers.testing_utils import CaptureLogger
@@ -35,8 +37,8 @@ def test_foveated_token_count_matches_the_pooling_matrix():
 
 
 def test_round_trip(tmp_path):
-    config = CenterFocusConfig(**tiny_config_kwargs(image_tokenizer_type="foveated", edge_compensation_type="conv",
-                                                    edge_precision="bfloat16", contrastive_loss_weight=0.3))
+    config = CenterFocusConfig(**tiny_config_kwargs(image_tokenizer_type="foveated", edge_compensation_type="stem",
+                                                    contrastive_loss_weight=0.3))
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, CenterFocusConfig)
@@ -56,14 +58,11 @@ def test_decoder_text_config_names_layers_for_the_cache():
         ("center_weighting_type", "gausian"),
         ("channel_pruning_type", "random"),
         ("edge_compensation_type", "mlp"),
-        ("edge_precision", "float8"),
         ("channel_attention_type", "cbam"),
         ("image_tokenizer_type", "patch"),
         ("position_embedding_type", "rope"),
         ("modality_embedding_type", "fixed"),
         ("modality_gate_type", "static"),
-        ("encoder_attention_type", "sparse"),
-        ("cross_modal_attention_type", "none"),
         ("decoder_type", "diffusion"),
         ("nar_iterations", 0),
         ("hidden_size", 30),
@@ -102,9 +101,32 @@ def test_invalid_values_raise_naming_the_field(field, value):
         CenterFocusConfig(**kwargs)
 
 
-def test_half_edge_precision_requires_the_edge_branch():
-    with pytest.raises(ValueError, match="edge_precision"):
-        CenterFocusConfig(**tiny_config_kwargs(edge_precision="float16"))
+@pytest.mark.parametrize(("field", "value"), [
+    ("encoder_attention_type", "center_local"),
+    ("cross_modal_attention_type", "cls_only"),
+    ("edge_compensation_type", "conv"),
+    ("stem_norm_type", "group"),
+])
+def test_a_saved_config_with_a_removed_option_fails_naming_it(tmp_path, field, value):
+    # a config.json written by centerfocus 0.1 with an option 0.2 removed: loading it must not build another model
+    CenterFocusConfig(**tiny_config_kwargs()).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(ValueError, match=f"{field}={value!r}.*removed"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_a_saved_config_with_removed_fields_at_their_kept_values_loads(tmp_path):
+    # what every centerfocus 0.1 config.json holds: the removed fields at the values that behave as the model now does
+    CenterFocusConfig(**tiny_config_kwargs()).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    old = {"encoder_attention_type": "full", "cross_modal_attention_type": "full", "local_attention_window": 2,
+           "edge_precision": "float32"}
+    expected = AutoConfig.from_pretrained(tmp_path).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **old}))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == expected
+    assert not any(hasattr(loaded, name) for name in old)
 
 
 def test_model_revalidates_an_edited_config():
@@ -132,15 +154,12 @@ def test_unknown_keys_warn():
         (modeling.CHANNEL_PRUNING_CLASSES, cfg_module.CHANNEL_PRUNING_TYPES),
         (modeling.STEM_NORM_CLASSES, cfg_module.STEM_NORM_TYPES),
         (modeling.EDGE_COMPENSATION_CLASSES, cfg_module.EDGE_COMPENSATION_TYPES),
-        (modeling.EDGE_PRECISION_DTYPES, cfg_module.EDGE_PRECISIONS),
         (modeling.CHANNEL_ATTENTION_CLASSES, cfg_module.CHANNEL_ATTENTION_TYPES),
         (modeling.IMAGE_TOKEN_POOLING, cfg_module.IMAGE_TOKENIZER_TYPES),
         (modeling.IMAGE_SUMMARY_CLASSES, cfg_module.IMAGE_SUMMARY_TYPES),
         (modeling.POSITION_EMBEDDING_CLASSES, cfg_module.POSITION_EMBEDDING_TYPES),
         (modeling.MODALITY_EMBEDDING_CLASSES, cfg_module.MODALITY_EMBEDDING_TYPES),
         (modeling.MODALITY_GATE_CLASSES, cfg_module.MODALITY_GATE_TYPES),
-        (modeling.ENCODER_IMAGE_ATTENTION_MASKS, cfg_module.ENCODER_ATTENTION_TYPES),
-        (modeling.CROSS_MODAL_TEXT_COLUMNS, cfg_module.CROSS_MODAL_ATTENTION_TYPES),
         (modeling.DECODER_IS_CAUSAL, cfg_module.DECODER_TYPES),
     ],
 )

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 MODEL_PRESETS = {
     "tiny": dict(hidden_size=64, num_attention_heads=4, encoder_layers=1, decoder_layers=2, intermediate_size=128,
                  image_size=64, stem_channels=(16, 32), stem_kernel_sizes=(5, 3), image_tokenizer_grid_size=8,
-                 foveated_center_size=4, local_attention_window=1, max_position_embeddings=128),
+                 foveated_center_size=4, max_position_embeddings=128),
     "small": dict(hidden_size=256, num_attention_heads=4, encoder_layers=3, decoder_layers=3, intermediate_size=1024,
                   image_size=224, stem_channels=(24, 48, 96, 192), stem_kernel_sizes=(3, 3, 3, 3),
                   stem_strides=(2, 2, 2, 2), center_sigmas=(0.2, 0.3, 0.4, 0.5), stem_norm_type="batch",
@@ -277,7 +277,7 @@ _VISION_FIELDS = ("image_size", "num_channels", "hidden_size", "stem_channels", 
                   "center_weighting_type", "center_sigmas", "center_sigma_learnable", "center_weighting_floor",
                   "center_region_size", "channel_pruning_type", "channel_pruning_keep_ratio",
                   "channel_pruning_reduction", "edge_compensation_type", "edge_stem_width_ratio", "edge_stem_residual_blocks",
-                  "edge_precision", "channel_attention_type",
+                  "channel_attention_type",
                   "channel_attention_reduction", "image_tokenizer_type", "image_tokenizer_grid_size",
                   "foveated_center_size", "foveated_periphery_pool", "position_embedding_type", "layer_norm_eps")
 
