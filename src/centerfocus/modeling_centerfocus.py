@@ -81,12 +81,14 @@ class CenterFocusSeq2SeqLMOutput(Seq2SeqLMOutput):
         contrastive_loss (`torch.FloatTensor` of shape `()`): Image-caption alignment loss, when enabled.
         center_loss (`torch.FloatTensor` of shape `()`): Centre-quality loss, when enabled.
         word_loss (`torch.FloatTensor` of shape `()`): Word-detection loss, when enabled.
+        length_loss (`torch.FloatTensor` of shape `()`): Caption-length loss of the non-autoregressive decoder.
     """
 
     lm_loss: Optional[torch.FloatTensor] = None
     contrastive_loss: Optional[torch.FloatTensor] = None
     center_loss: Optional[torch.FloatTensor] = None
     word_loss: Optional[torch.FloatTensor] = None
+    length_loss: Optional[torch.FloatTensor] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -886,7 +888,22 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
                 init.normal_(module.mask_embedding, mean=0.0, std=std)
 
 
-class CenterFocusEncoder(CenterFocusPreTrainedModel):
+class CenterFocusStack(CenterFocusPreTrainedModel):
+    """What the encoder and the decoder stacks share: the word embedding (one table for prompt and caption, tied to the
+    language-model head) and the 1-D position table of their text, built where each stack puts them."""
+
+    def _build_text_embeddings(self, config: CenterFocusConfig, embed_tokens: Optional[nn.Embedding]) -> None:
+        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+
+class CenterFocusEncoder(CenterFocusStack):
     """Vision front end plus the multimodal transformer encoder over `[image tokens ; prompt tokens]`.
     Callable on its own (it is what `get_encoder()` returns, and the ONNX encoder graph)."""
 
@@ -894,20 +911,13 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         super().__init__(config)
         self.vision_stem = CenterFocusConvStem(config)
         self.image_tokenizer = CenterFocusImageTokenizer(config)
-        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self._build_text_embeddings(config, embed_tokens)
         self.modality_embedding = MODALITY_EMBEDDING_CLASSES[config.modality_embedding_type](config)
         self.layers = nn.ModuleList(CenterFocusEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.modality_gate = MODALITY_GATE_CLASSES[config.modality_gate_type](config)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def vision_layers(self) -> list[nn.Module]:
         """The image-encoder layers with parameters, input to output: each stem stage, channel pruning, edge
@@ -1025,26 +1035,19 @@ class CenterFocusEncoder(CenterFocusPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class CenterFocusDecoder(CenterFocusPreTrainedModel):
+class CenterFocusDecoder(CenterFocusStack):
     """Autoregressive caption decoder with causal self-attention (KV cache) and cross-attention (cached once)."""
 
     main_input_name = "input_ids"
 
     def __init__(self, config: CenterFocusConfig, embed_tokens: Optional[nn.Embedding] = None):
         super().__init__(config)
-        self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self._build_text_embeddings(config, embed_tokens)
         self.layers = nn.ModuleList(CenterFocusDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.causal = DECODER_IS_CAUSAL[config.decoder_type]  # the non-autoregressive decoder sees every position
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def forward(
         self,
@@ -1356,21 +1359,9 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         if nar_targets is not None:
             losses["length_loss"] = self._length_loss(outputs, labels, attention_mask)
             losses["loss"] = losses["loss"] + self.config.nar_length_loss_weight * losses["length_loss"]
-        output = CenterFocusSeq2SeqLMOutput(
-            loss=losses.get("loss"),
-            logits=logits,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            lm_loss=losses.get("lm_loss"),
-            contrastive_loss=losses.get("contrastive_loss"),
-            center_loss=losses.get("center_loss"),
-            word_loss=losses.get("word_loss"),
-        )
+        # the base model's outputs (cache, hidden states, attentions) as they are, with the logits and the losses
+        carried = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        output = CenterFocusSeq2SeqLMOutput(logits=logits, **carried, **losses)
         return output if return_dict else output.to_tuple()
 
     def _compute_losses(self, logits: torch.Tensor, labels: torch.Tensor, outputs: Seq2SeqModelOutput) -> dict:

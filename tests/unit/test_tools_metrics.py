@@ -73,7 +73,7 @@ def _coco(scorer, predictions: list[str], references: list[list[str]]) -> float:
     return float(score)
 
 
-def _load_module_file(name: str) -> types.ModuleType:
+def _load_module_file(name: str = "cf_caption") -> types.ModuleType:
     """Execute a module file directly (no `__pycache__` is written next to it: its folder must hold one file)."""
     path = METRICS_DIR / name / f"{name}.py"
     module = types.ModuleType(f"_test_{name}")
@@ -90,8 +90,9 @@ def test_normalize_caption():
     assert normalize_caption("3 dogs") == "3 dogs"
 
 
-@pytest.mark.parametrize("name", ["cf_bleu", "cf_rouge", "cf_cider"])
-def test_module_directories_hold_one_self_contained_file(name):
+def test_module_directory_holds_one_self_contained_file():
+    name = "cf_caption"
+    assert [path.name for path in METRICS_DIR.iterdir() if path.name != "__pycache__"] == [name]
     assert [path.name for path in (METRICS_DIR / name).iterdir() if path.name != "__pycache__"] == [f"{name}.py"]
     tree = ast.parse((METRICS_DIR / name / f"{name}.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
@@ -191,7 +192,8 @@ def test_one_reference_string_per_prediction():
 def test_load_caption_metrics_returns_local_modules(metrics):
     assert set(metrics) == {"bleu4", "rougeL", "cider"}
     assert all(isinstance(module, evaluate.EvaluationModule) for module in metrics.values())
-    assert {module.name for module in metrics.values()} == {"cf_bleu", "cf_rouge", "cf_cider"}
+    assert {module.name for module in metrics.values()} == {"cf_caption"}
+    assert [module.config_name for module in metrics.values()] == ["bleu", "rougeL", "cider"]
 
 
 def test_modules_load_offline_by_path_in_a_fresh_process(tmp_path):
@@ -203,8 +205,8 @@ def test_modules_load_offline_by_path_in_a_fresh_process(tmp_path):
         assert evaluate.config.HF_EVALUATE_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
         predictions, references = {PREDICTIONS!r}, {REFERENCES!r}
         out = {{}}
-        for name in ("cf_bleu", "cf_rouge", "cf_cider"):
-            module = evaluate.load({str(METRICS_DIR)!r} + "/" + name)
+        for name in ("bleu", "rougeL", "cider"):
+            module = evaluate.load({str(METRICS_DIR)!r} + "/cf_caption", name)
             assert isinstance(module, evaluate.EvaluationModule), type(module)
             out.update(module.compute(predictions=predictions, references=references))
         print(json.dumps(out))
@@ -215,8 +217,7 @@ def test_modules_load_offline_by_path_in_a_fresh_process(tmp_path):
     expected = compute_caption_metrics(PREDICTIONS, REFERENCES)
     expected = {"bleu": expected["bleu4"], "rougeL": expected["rougeL"], "cider": expected["cider"]}
     assert result == pytest.approx(expected, abs=1e-12)
-    for name in ("cf_bleu", "cf_rouge", "cf_cider"):  # evaluate copied each file into the fresh module cache
-        assert list((tmp_path / "hf_home").rglob(f"{name}.py")), name
+    assert list((tmp_path / "hf_home").rglob("cf_caption.py"))  # evaluate copied the file into the fresh module cache
     assert all(math.isfinite(value) for value in result.values())
 
 
@@ -241,3 +242,8 @@ def test_invalid_inputs_raise(predictions, references, error, message):
 def test_every_module_refuses_an_empty_corpus(metrics, key, message):
     with pytest.raises(ValueError, match=f"{message} at least one prediction"):
         metrics[key].compute(predictions=[], references=[])
+
+
+def test_the_module_without_a_configuration_names_the_configurations():
+    with pytest.raises(KeyError, match="bleu.*cider.*rougeL"):
+        evaluate.load(str(METRICS_DIR / "cf_caption"), keep_in_memory=True)

@@ -1,7 +1,7 @@
 """Caption-quality metrics (BLEU-4, ROUGE-L, CIDEr-D) as local `evaluate` modules shipped inside the package.
 
-`evaluate.load("bleu")` needs the Hugging Face Hub; the modules under `METRICS_DIR` are loaded by path instead, so
-everything here works offline (`HF_HUB_OFFLINE=1`, `HF_EVALUATE_OFFLINE=1`). Every metric tokenises captions the same
+`evaluate.load("bleu")` needs the Hugging Face Hub; the module under `METRICS_DIR` (`cf_caption`, one configuration
+per metric) is loaded by path instead, so everything here works offline (`HF_HUB_OFFLINE=1`, `HF_EVALUATE_OFFLINE=1`). Every metric tokenises captions the same
 way: `normalize_caption(text).split()`.
 """
 
@@ -19,8 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 METRICS_DIR: Path = Path(__file__).resolve().parent.parent / "metrics"
 
-# metric key -> (module directory under METRICS_DIR, key of the module's result)
-_METRICS = {"bleu4": ("cf_bleu", "bleu"), "rougeL": ("cf_rouge", "rougeL"), "cider": ("cf_cider", "cider")}
+METRICS_MODULE = "cf_caption"
+# metric key -> the module's configuration, which is also the key of its result
+_METRICS = {"bleu4": "bleu", "rougeL": "rougeL", "cider": "cider"}
 
 # everything that is neither a letter, a digit nor whitespace (Unicode-aware), plus "_" which `\w` counts as a letter
 _NON_WORD = re.compile(r"[^\w\s]|_")
@@ -44,7 +45,7 @@ def normalize_caption(text: str) -> str:
 
 
 def load_caption_metrics() -> dict[str, evaluate.EvaluationModule]:
-    """Load the packaged caption metrics from their local module files (no network access).
+    """Load the packaged caption metrics from their local module file (no network access).
 
     Each call returns fresh modules (they keep state between `add_batch` and `compute`), kept in memory rather than
     in cache files.
@@ -55,8 +56,8 @@ def load_caption_metrics() -> dict[str, evaluate.EvaluationModule]:
         and `{"cider": ...}` respectively.
     """
     return {
-        key: evaluate.load(str(METRICS_DIR / directory), keep_in_memory=True)
-        for key, (directory, _) in _METRICS.items()
+        key: evaluate.load(str(METRICS_DIR / METRICS_MODULE), name, keep_in_memory=True)
+        for key, name in _METRICS.items()
     }
 
 
@@ -107,8 +108,8 @@ def compute_caption_metrics(
         reference_lists.append(refs)
     modules = _cached_caption_metrics()
     return {
-        key: float(modules[key].compute(predictions=predictions, references=reference_lists)[result_key])
-        for key, (_, result_key) in _METRICS.items()
+        key: float(modules[key].compute(predictions=predictions, references=reference_lists)[name])
+        for key, name in _METRICS.items()
     }
 
 
