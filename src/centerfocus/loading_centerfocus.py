@@ -60,6 +60,12 @@ class _LoadReport(logging.Handler):
         logging.getLogger("transformers").removeHandler(self)
 
 
+#: Weight names that changed, as `from_pretrained(key_mapping=...)` reads them (a regular expression -> its
+#: replacement): checkpoints saved before still load. 0.2 spells the edge stem's colour projection as every other name
+#: in the code does (`color`, like `center`).
+RENAMED_WEIGHTS = {r"edge_compensation\.colour\.": "edge_compensation.color."}
+
+
 def load_with_clear_errors(load, *args, **kwargs):
     """`load(*args, **kwargs)` (a `from_pretrained`), with two errors made readable:
 

@@ -37,9 +37,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from ._compat import CACHE_FIELD, init
+from ._compat import CACHE_FIELD, init, save_renamed_weights_under_their_new_names
 from .configuration_centerfocus import CenterFocusConfig
-from .loading_centerfocus import AUTO_MAP, load_with_clear_errors
+from .loading_centerfocus import AUTO_MAP, RENAMED_WEIGHTS, load_with_clear_errors
 
 
 logger = logging.get_logger(__name__)
@@ -435,14 +435,14 @@ class CenterFocusEdgeStem(nn.Module):
         # glance, and a stage 1 on shape labels (`pretrain-vision --edge_object_scale`) teaches the layers to ignore
         # it; a cell's mean mostly gives its background
         self.stride = math.prod(config.stem_strides)
-        self.colour = nn.Conv2d(config.num_channels, config.stem_channels[-1], kernel_size=1)
+        self.color = nn.Conv2d(config.num_channels, config.stem_channels[-1], kernel_size=1)
         self.center_region_size = config.center_region_size
 
     def forward(self, features: torch.Tensor, source: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Add `proj(layers(pixel_values)) + colour(cell maxima of pixel_values)` to `features` `(B, c, h, w)` outside
+        """Add `proj(layers(pixel_values)) + color(cell maxima of pixel_values)` to `features` `(B, c, h, w)` outside
         the centre; `source` (the last stage's output) is not read."""
         brightest = F.max_pool2d(pixel_values, kernel_size=self.stride, stride=self.stride)
-        branch = self.proj(self.layers(pixel_values)) + self.colour(brightest)  # (B, c, h, w)
+        branch = self.proj(self.layers(pixel_values)) + self.color(brightest)  # (B, c, h, w)
         center = center_region_mask(branch.shape[-2], branch.shape[-1], self.center_region_size, branch.device)
         return features + branch * (~center).to(branch.dtype)[None, None]
 
@@ -816,8 +816,12 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, with errors that name the damaged file or the mismatched weights
-        (`loading_centerfocus.load_with_clear_errors`)."""
-        return load_with_clear_errors(super().from_pretrained, *args, **kwargs)
+        (`loading_centerfocus.load_with_clear_errors`), reading the weight names of older versions
+        (`loading_centerfocus.RENAMED_WEIGHTS`) as well as today's."""
+        kwargs["key_mapping"] = {**RENAMED_WEIGHTS, **(kwargs.get("key_mapping") or {})}
+        loaded = load_with_clear_errors(super().from_pretrained, *args, **kwargs)
+        save_renamed_weights_under_their_new_names(loaded[0] if isinstance(loaded, tuple) else loaded, RENAMED_WEIGHTS)
+        return loaded
 
     def enable_input_require_grads(self) -> None:
         """Make the inputs of the transformer layers require grad, so that adapters (LoRA) inside checkpointed layers

@@ -66,3 +66,20 @@ def test_the_old_folder_gives_its_tokens_with_this_package_on_the_other_line():
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["module"] == "centerfocus.modeling_centerfocus"
     assert (loaded["greedy"], loaded["beam"]) == (EXPECTED["greedy"], EXPECTED["beam"])
+
+
+def test_the_old_weight_names_load_into_the_new_ones_and_are_saved_under_them(tmp_path):
+    # 0.1 named the edge stem's colour projection `colour`; 0.2 calls it `color` and reads both (RENAMED_WEIGHTS)
+    from safetensors.torch import load_file
+
+    stored = load_file(FOLDER / "model.safetensors")
+    old_names = sorted(name for name in stored if ".edge_compensation.colour." in name)
+    assert old_names, "the fixture should hold weights under the old name"
+    model = AutoModelForImageTextToText.from_pretrained(FOLDER)
+    state = model.state_dict()
+    for name in old_names:
+        assert torch.equal(state[name.replace(".colour.", ".color.")], stored[name]), name
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert not any(".colour." in name for name in saved)
+    assert all(torch.equal(saved[name.replace(".colour.", ".color.")], stored[name]) for name in old_names)
