@@ -1,7 +1,7 @@
 """Where a captioner's knowledge of the centre digit is, step by step (docs/benchmarks.md, "Real handwriting"):
 diagnostics, not a user path.
 
-    python benchmarks/centre_diagnostics.py --data hw --run runs/base_s42 --out docs/benchmarks/centre_probe_base.json
+    python benchmarks/centre_diagnostics.py --data hw --run runs/base_s42 --out benchmarks/results/centre_probe_base.json
     # a run started from a stage-1 folder (--vision_init): step 0 is that folder's vision weights
     python benchmarks/centre_diagnostics.py --data hw --run runs/cw_s42 --vision_init runs/cw_s1_s42 ...
 

@@ -1,7 +1,7 @@
 """CenterFocus (196 tokens and foveated) against the captioners users would pick instead, built from configs of the
 same width and depth with random weights (nothing downloaded): VisionEncoderDecoder (ViT + BERT decoder), BLIP, GIT.
 
-    python benchmarks/compare_captioners.py --out docs/benchmarks/compare.json            # full size (slow)
+    python benchmarks/compare_captioners.py --out benchmarks/results/compare.json            # full size (slow)
     python benchmarks/compare_captioners.py --width 256 --layers 2 --out /tmp/small.json  # a quick look
 
 For each model, in a fresh subprocess (so peak memory is its own): parameters, FLOPs per training example

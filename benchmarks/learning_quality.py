@@ -5,7 +5,7 @@
         --config_overrides encoder_layers=4,decoder_layers=4,image_size=224 --max_steps 600 \\
         --per_device_train_batch_size 32 --learning_rate 5e-4 --warmup_steps 50 --logging_steps 50
     python benchmarks/learning_quality.py --data chars --run small=runs/small --run bn5=runs/bn5 \\
-        --out docs/benchmarks/learning_quality.json --plots docs/benchmarks
+        --out benchmarks/results/learning_quality.json --plots docs/benchmarks
 
 For each run folder (a saved model with its processor and `trainer_state.json`): greedy captions of the held-out
 test split (fonts disjoint from training), then
@@ -18,7 +18,7 @@ test split (fonts disjoint from training), then
 `--plots` writes the learning curves (training loss against step) and each run's confusion as PNGs (matplotlib).
 `--from_json REPORT --plots FOLDER` redraws them from a report already written, without evaluating anything:
 
-    python benchmarks/learning_quality.py --from_json docs/benchmarks/learning_quality.json --plots docs/benchmarks \
+    python benchmarks/learning_quality.py --from_json benchmarks/results/learning_quality.json --plots docs/benchmarks \
         --curves ved --curves f76e --confusion ved --confusion f76e
 """
 

@@ -15,7 +15,7 @@ vocabulary 30522), each a median over repeated runs in one process unless noted:
   and the fraction of the peak the step would reach if only the ops that carry counted FLOPs (matrix products,
   attention, convolutions) took time: the ceiling for anything short of faster kernels.
 
-    python benchmarks/micro_ops.py --compile_step 6 --step_breakdown 4 --out docs/benchmarks/micro_ops.json
+    python benchmarks/micro_ops.py --compile_step 6 --step_breakdown 4 --out benchmarks/results/micro_ops.json
 """
 
 import argparse

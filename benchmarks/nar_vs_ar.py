@@ -2,7 +2,7 @@
 `centerfocus train` on the same data, steps and model size; captions per second at batch 1 and 8 (medians) and
 held-out quality.
 
-    python benchmarks/nar_vs_ar.py --steps 2000 --out docs/benchmarks/nar_vs_ar.json
+    python benchmarks/nar_vs_ar.py --steps 2000 --out benchmarks/results/nar_vs_ar.json
 """
 
 import argparse

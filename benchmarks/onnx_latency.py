@@ -2,11 +2,11 @@
 one process, plus the caption agreement of INT8 with fp32.
 
     python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --optimize O2 \
-        --out docs/benchmarks/onnx_latency_demo.json
+        --out benchmarks/results/onnx_latency_demo.json
     python benchmarks/onnx_latency.py --size base --repeats 3 --agreement_images 16 --optimize O2 \
-        --out docs/benchmarks/onnx_latency_base.json   # design size (768 wide, 6+6, vocab 30522), random weights
+        --out benchmarks/results/onnx_latency_base.json   # design size (768 wide, 6+6, vocab 30522), random weights
     python benchmarks/onnx_latency.py --model TRAINED_DIR --data DATA_DIR --repeats 5 --optimize O2 \
-        --out docs/benchmarks/onnx_latency_base_trained.json   # a trained model: INT8 agreement means something
+        --out benchmarks/results/onnx_latency_base_trained.json   # a trained model: INT8 agreement means something
 
 With `--data` (a folder with test/*.png and test/metadata.jsonl, as `centerfocus generate-data` writes), every
 backend's captions are also scored against the references (exact match after caption normalisation, BLEU-4).

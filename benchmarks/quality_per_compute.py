@@ -3,7 +3,7 @@ VisionEncoderDecoder (ViT + BERT decoder) of the same width and depth, trained f
 the same Seq2SeqTrainer, collator, tokenizer and data; held-out centre-phrase exact match and BLEU-4 against training
 FLOPs (torch.utils.flop_counter, forward + backward, times steps x batch).
 
-    python benchmarks/quality_per_compute.py --steps 1000 --out docs/benchmarks/quality_per_compute.json
+    python benchmarks/quality_per_compute.py --steps 1000 --out benchmarks/results/quality_per_compute.json
 
 VisionEncoderDecoder gets a plain cross-entropy loss: its 4.57 loss_function shifts the labels a second time.
 """

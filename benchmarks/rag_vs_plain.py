@@ -2,7 +2,7 @@
 model and same training budget: both continue from one base model for the same number of steps, one with its
 images' k nearest training captions as the prompt (`--retrieval_index`), one without.
 
-    python benchmarks/rag_vs_plain.py --base_steps 1500 --steps 500 --out docs/benchmarks/rag_vs_plain.json
+    python benchmarks/rag_vs_plain.py --base_steps 1500 --steps 500 --out benchmarks/results/rag_vs_plain.json
 """
 
 import argparse
