@@ -245,5 +245,5 @@ def test_every_module_refuses_an_empty_corpus(metrics, key, message):
 
 
 def test_the_module_without_a_configuration_names_the_configurations():
-    with pytest.raises(KeyError, match="bleu.*cider.*rougeL"):
+    with pytest.raises(KeyError, match=r"bleu.*cider.*rougeL"):
         evaluate.load(str(METRICS_DIR / "cf_caption"), keep_in_memory=True)

@@ -12,6 +12,7 @@ import datasets
 from PIL import Image
 
 from ..processing_centerfocus import CenterFocusProcessor
+from .streaming import decode_image
 
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,11 @@ def check_caption_dataset(
     return parts["train"], parts["test"]
 
 
+def _where(feature: dict, image_column: str) -> str:
+    key = feature.get("__key__")
+    return f"image column {image_column!r}" + (f", key {key!r}" if key is not None else "")
+
+
 class CaptionCollator:
     """Turns raw data-set rows (PIL images, caption strings, optional prompts) into model inputs with the processor:
     `pixel_values`, `labels` (-100 padded) and, with prompts, `input_ids` / `attention_mask`.
@@ -204,7 +210,8 @@ class CaptionCollator:
         self.model = model if model is not None and not getattr(model, "is_non_autoregressive", False) else None
 
     def __call__(self, features: list[dict]) -> dict:
-        images = [feature[self.image_column] for feature in features]
+        # a stream's images arrive encoded and are decoded here, in the DataLoader's workers
+        images = [decode_image(feature[self.image_column], _where(feature, self.image_column)) for feature in features]
         captions = [feature[self.caption_column] for feature in features]
         prompts = [feature[self.prompt_column] for feature in features] if self.prompt_column else None
         batch = dict(self.processor(images=images, text=prompts, text_target=captions,

@@ -166,6 +166,14 @@ class DataArguments:
         "help": "A caption index (centerfocus index): each image's k nearest training captions (never its own) "
                 "become its encoder prompt, for retrieval-augmented captioning."})
     retrieval_k: int = field(default=2, metadata={"help": "Captions retrieved per image."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read --dataset as a stream (datasets' streaming=True: local parquet, arrow or webdataset tar shards, "
+                "or a Hub data set): nothing is loaded up front, images are decoded in the DataLoader workers "
+                "(--dataloader_num_workers), and --max_steps sets the length of the run."})
+    shuffle_buffer_size: int = field(default=1000, metadata={
+        "help": "With --streaming: examples in the shuffle buffer (datasets' IterableDataset.shuffle)."})
+    tokenizer_train_samples: int = field(default=100_000, metadata={
+        "help": "With --streaming and no tokenizer: train the tokenizer on the captions of the first N examples."})
 
 
 # one entry per stem stage: a preset's values only fit its own number of stages
@@ -209,13 +217,53 @@ def _json_or_str(value: str):
         return value
 
 
+def _tokenizer_source(model_args: ModelArguments, resume_from_checkpoint: Optional[str]) -> Optional[str]:
+    saved = resume_from_checkpoint if resume_from_checkpoint and os.path.isfile(
+        os.path.join(resume_from_checkpoint, "tokenizer_config.json")) else None
+    return model_args.tokenizer or model_args.model_name_or_path or model_args.text_init or saved
+
+
+def needs_trained_tokenizer(model_args: ModelArguments, resume_from_checkpoint: Optional[str] = None) -> bool:
+    """Whether `prepare_tokenizer` will train a tokenizer on the captions (no tokenizer is given or saved)."""
+    return _tokenizer_source(model_args, resume_from_checkpoint) is None
+
+
+def streaming_splits(data_args: DataArguments, training_args) -> tuple:
+    """`--streaming`: the training stream (images left encoded, shuffled through a seeded buffer, `take`n to
+    `--max_train_samples`) and the evaluation stream, if the data has one; ValueError for what a stream cannot do."""
+    from .streaming import check_stream_columns, load_streaming_dataset, undecoded_images
+
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs by.")
+    if data_args.retrieval_index:
+        raise ValueError("--retrieval_index needs the whole training set in memory; it does not work with --streaming.")
+    if data_args.shuffle_buffer_size < 1:
+        raise ValueError(f"--shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
+    streams = load_streaming_dataset(data_args.dataset, data_args.dataset_config)
+    if data_args.train_split not in streams:
+        raise ValueError(f"The data set has no split {data_args.train_split!r}; available splits: {sorted(streams)}.")
+    eval_split = data_args.eval_split or next((n for n in ("validation", "valid", "val", "test") if n in streams), None)
+    if eval_split is not None and eval_split not in streams:
+        raise ValueError(f"The data set has no split {eval_split!r}; available splits: {sorted(streams)}.")
+    columns = tuple(filter(None, (data_args.image_column, data_args.caption_column, data_args.prompt_column)))
+    splits = {}
+    for name in filter(None, (data_args.train_split, eval_split)):
+        check_stream_columns(streams[name], name, columns)
+        splits[name] = undecoded_images(streams[name], data_args.image_column)
+    train = splits[data_args.train_split].shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size)
+    if data_args.max_train_samples:
+        train = train.take(data_args.max_train_samples)
+    evaluation = splits.get(eval_split)
+    if evaluation is not None and data_args.max_eval_samples:
+        evaluation = evaluation.take(data_args.max_eval_samples)
+    return train, evaluation
+
+
 def prepare_tokenizer(model_args: ModelArguments, captions: list[str],
                       resume_from_checkpoint: Optional[str] = None) -> PreTrainedTokenizerBase:
     """The tokenizer to train with: given, the model's, BERT's (`--text_init`), the one saved in the checkpoint a run
     resumes from, or one built from the captions."""
-    saved = resume_from_checkpoint if resume_from_checkpoint and os.path.isfile(
-        os.path.join(resume_from_checkpoint, "tokenizer_config.json")) else None
-    source = model_args.tokenizer or model_args.model_name_or_path or model_args.text_init or saved
+    source = _tokenizer_source(model_args, resume_from_checkpoint)
     if source is None:
         logger.info(f"Training a WordPiece tokenizer on {len(captions)} captions.")
         return train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
@@ -496,20 +544,28 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if model_args.model_name_or_path is None:
         preset(model_args.model_size)  # a bad --model_size is refused before the data set is loaded
     set_seed(training_args.seed)  # before the model is built: the same seed must give the same initial weights
-    metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
-    datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
-    train_set, eval_set = check_caption_dataset(
-        datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
-        data_args.validation_fraction, training_args.seed, data_args.prompt_column)
-    if data_args.retrieval_index:
-        train_set, eval_set = add_retrieval_prompts(data_args, train_set, eval_set)
-    if data_args.max_train_samples:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
-    if data_args.max_eval_samples and eval_set is not None:
-        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+    if data_args.streaming:
+        train_set, eval_set = streaming_splits(data_args, training_args)
+        captions = []
+        if needs_trained_tokenizer(model_args, training_args.resume_from_checkpoint):
+            rows = train_set.select_columns([data_args.caption_column]).take(data_args.tokenizer_train_samples)
+            captions = [row[data_args.caption_column] for row in rows]
+    else:
+        metadata_columns = tuple(filter(None, (data_args.caption_column, data_args.prompt_column)))
+        datasets = load_image_dataset(data_args.dataset, data_args.dataset_config, metadata_columns)
+        train_set, eval_set = check_caption_dataset(
+            datasets, data_args.image_column, data_args.caption_column, data_args.train_split, data_args.eval_split,
+            data_args.validation_fraction, training_args.seed, data_args.prompt_column)
+        if data_args.retrieval_index:
+            train_set, eval_set = add_retrieval_prompts(data_args, train_set, eval_set)
+        if data_args.max_train_samples:
+            train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+        if data_args.max_eval_samples and eval_set is not None:
+            eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+        captions = list(train_set[data_args.caption_column])
 
     resume = training_args.resume_from_checkpoint
-    tokenizer = prepare_tokenizer(model_args, list(train_set[data_args.caption_column]), resume)
+    tokenizer = prepare_tokenizer(model_args, captions, resume)
     model = model if model is not None else (model_builder or build_model)(model_args, data_args, tokenizer)
     if training_args.label_smoothing_factor and model.is_non_autoregressive:
         raise ValueError("--label_smoothing_factor applies to autoregressive decoding only: a non-autoregressive "
