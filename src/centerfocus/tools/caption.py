@@ -14,12 +14,20 @@ from .progress import progress
 
 def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     """`centerfocus caption (--onnx DIR | --model DIR) IMAGE... [--provider ...] [--prompt TEXT] [--num_beams N]
-    [--trt_fp16] [--trt_engine_cache DIR]`: print one caption per image."""
+    [--trt_fp16] [--trt_engine_cache DIR]`: print one caption per image.
+
+    `centerfocus caption --model DIR --dataset DATA --output results.parquet|results.jsonl [--split S]`: caption a data
+    set of any size (an image folder, parquet / arrow / webdataset shards, a Hub data set) in batches into a results
+    file, resuming after the rows it already holds when run again (`centerfocus.tools.bulk_caption`)."""
     parser = argparse.ArgumentParser(prog="centerfocus caption", description=caption_main.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--onnx", help="An exported folder (centerfocus export).")
     source.add_argument("--model", help="A saved PyTorch model folder.")
-    parser.add_argument("images", nargs="+")
+    parser.add_argument("images", nargs="*", help="Image files (or --dataset).")
+    parser.add_argument("--dataset", help="A data set to caption into --output (instead of IMAGE...).")
+    parser.add_argument("--output", help="With --dataset: the results file, .jsonl or .parquet.")
+    parser.add_argument("--split", help="With --dataset: the split to caption (default: the only one).")
+    parser.add_argument("--image_column", default="image", help="With --dataset: the column holding the images.")
     parser.add_argument("--provider", default="CPUExecutionProvider",
                         choices=["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
     parser.add_argument("--prompt", help="Encoder prompt (needs a --variant prompt export for --onnx).")
@@ -34,6 +42,14 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
     args = parser.parse_args(argv)
     if args.prompt and args.index:
         parser.error("--prompt and --index both set the encoder prompt: pass one of them.")
+    if bool(args.dataset) == bool(args.images):
+        parser.error("pass image files or --dataset (with --output), not both and not neither.")
+    if args.dataset and not args.output:
+        parser.error("--dataset needs --output (a .jsonl or .parquet results file).")
+    if args.dataset and (args.onnx or args.prompt or args.index):
+        parser.error("--dataset captions with --model, without a prompt.")
+    if args.dataset:
+        return _caption_dataset(args)
     folder = args.onnx or args.model
     if args.onnx:
         from .export import check_onnx_folder, load_ort_model  # Optimum's stack (centerfocus export's environment)
@@ -86,6 +102,24 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         bar.update(len(batch))
     bar.close()
     return captions
+
+
+def _caption_dataset(args) -> dict:
+    from ..modeling_centerfocus import CenterFocusForConditionalGeneration
+    from .bulk_caption import FORMATS, caption_dataset, load_rows
+
+    if not args.output.endswith(FORMATS):
+        raise ValueError(f"--output must end in {' or '.join(FORMATS)}, got {args.output!r}.")
+    processor = CenterFocusProcessor.from_pretrained(args.model)
+    model = CenterFocusForConditionalGeneration.from_pretrained(args.model).eval()
+    rows, total = load_rows(args.dataset, args.split, image_column=args.image_column)
+    kwargs = {"num_beams": args.num_beams}
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    summary = caption_dataset(model, processor, rows, args.output, batch_size=args.batch_size,
+                              image_column=args.image_column, total=total, **kwargs)
+    print(json.dumps({"output": args.output, **summary}), flush=True)
+    return summary
 
 
 def _positive_int(text: str) -> int:
