@@ -39,16 +39,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def save_renamed_weights_under_their_new_names(model, renamed: dict) -> None:
-    """5.x remembers the `key_mapping` a model was loaded with and reverses it when saving (the checkpoint keeps the
-    names it came with); the names CenterFocus renamed must be saved under the new ones, so it forgets those
-    renamings. 4.57 saves the model's own names anyway."""
-    conversions = getattr(model, "_weight_conversions", None)
-    if conversions:
-        model._weight_conversions = [c for c in conversions
-                                     if not set(getattr(c, "source_patterns", None) or ()) & set(renamed)] or None
-
-
 #: 4.57 finds a processor's parts through `<part>_class` attributes; 5.x through the Auto mappings (and warns about an
 #: `image_processor_class` attribute).
 PROCESSOR_NAMES_ITS_IMAGE_PROCESSOR_CLASS = not TRANSFORMERS_5

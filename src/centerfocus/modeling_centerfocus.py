@@ -37,9 +37,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from ._compat import CACHE_FIELD, init, save_renamed_weights_under_their_new_names
+from ._compat import CACHE_FIELD, init
 from .configuration_centerfocus import CenterFocusConfig
-from .loading_centerfocus import AUTO_MAP, RENAMED_WEIGHTS, load_with_clear_errors
+from .loading_centerfocus import AUTO_MAP, load_upgraded, load_with_clear_errors, upgraded_state_dict
 
 
 logger = logging.get_logger(__name__)
@@ -337,7 +337,7 @@ class CenterFocusCenterWeighting(nn.Module):
         super().__init__()
         self.floor = floor
         self.initial_sigma = sigma
-        log_sigma = torch.tensor(math.log(sigma))
+        log_sigma = torch.tensor([math.log(sigma)])  # (1,): FSDP2 shards every parameter and refuses 0-d ones
         if learnable:
             self.log_sigma = nn.Parameter(log_sigma)
         else:
@@ -816,12 +816,16 @@ class CenterFocusPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, with errors that name the damaged file or the mismatched weights
-        (`loading_centerfocus.load_with_clear_errors`), reading the weight names of older versions
-        (`loading_centerfocus.RENAMED_WEIGHTS`) as well as today's."""
-        kwargs["key_mapping"] = {**RENAMED_WEIGHTS, **(kwargs.get("key_mapping") or {})}
-        loaded = load_with_clear_errors(super().from_pretrained, *args, **kwargs)
-        save_renamed_weights_under_their_new_names(loaded[0] if isinstance(loaded, tuple) else loaded, RENAMED_WEIGHTS)
-        return loaded
+        (`loading_centerfocus.load_with_clear_errors`), reading checkpoints of older versions in today's weight names
+        and shapes (`loading_centerfocus.upgraded_state_dict`)."""
+        pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        upgraded = None
+        if kwargs.get("state_dict") is None and pretrained is not None and len(args) <= 1:
+            upgraded = upgraded_state_dict(pretrained, kwargs)
+        if upgraded is None:
+            return load_with_clear_errors(super().from_pretrained, *args, **kwargs)
+        kwargs.pop("pretrained_model_name_or_path", None)
+        return load_with_clear_errors(load_upgraded, super().from_pretrained, cls, pretrained, upgraded, **kwargs)
 
     def enable_input_require_grads(self) -> None:
         """Make the inputs of the transformer layers require grad, so that adapters (LoRA) inside checkpointed layers
@@ -1264,7 +1268,7 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
         if config.contrastive_loss_weight > 0:
             self.image_projection = nn.Linear(config.hidden_size, config.contrastive_dim, bias=False)
             self.text_projection = nn.Linear(config.hidden_size, config.contrastive_dim, bias=False)
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.contrastive_temperature)))
+            self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / config.contrastive_temperature)]))  # (1,)
         if config.center_loss_weight > 0:
             self.center_head = nn.Linear(config.hidden_size, config.hidden_size)
         if config.word_loss_weight > 0:

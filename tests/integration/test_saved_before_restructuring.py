@@ -68,18 +68,24 @@ def test_the_old_folder_gives_its_tokens_with_this_package_on_the_other_line():
     assert (loaded["greedy"], loaded["beam"]) == (EXPECTED["greedy"], EXPECTED["beam"])
 
 
-def test_the_old_weight_names_load_into_the_new_ones_and_are_saved_under_them(tmp_path):
-    # 0.1 named the edge stem's colour projection `colour`; 0.2 calls it `color` and reads both (RENAMED_WEIGHTS)
+def test_the_old_weights_load_in_the_new_names_and_shapes_and_are_saved_so(tmp_path):
+    # 0.1 named the edge stem's colour projection `colour` (0.2: `color`) and stored each stage's log-sigma as a 0-d
+    # scalar (0.2: a 1-element vector, which FSDP2 can shard); both are read (loading_centerfocus.upgraded_state_dict)
     from safetensors.torch import load_file
 
     stored = load_file(FOLDER / "model.safetensors")
     old_names = sorted(name for name in stored if ".edge_compensation.colour." in name)
-    assert old_names, "the fixture should hold weights under the old name"
+    scalars = sorted(name for name in stored if name.endswith("log_sigma"))
+    assert old_names and scalars and all(stored[name].ndim == 0 for name in scalars), "not an 0.1 checkpoint"
     model = AutoModelForImageTextToText.from_pretrained(FOLDER)
     state = model.state_dict()
     for name in old_names:
         assert torch.equal(state[name.replace(".colour.", ".color.")], stored[name]), name
+    for name in scalars:
+        assert state[name].shape == (1,) and state[name].item() == stored[name].item(), name
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
     assert not any(".colour." in name for name in saved)
     assert all(torch.equal(saved[name.replace(".colour.", ".color.")], stored[name]) for name in old_names)
+    assert all(saved[name].shape == (1,) for name in scalars)
+    assert model.generation_config.to_dict() == AutoModelForImageTextToText.from_pretrained(tmp_path).generation_config.to_dict()

@@ -653,6 +653,10 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataAr
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     if training_args.remove_unused_columns:
         raise ValueError("--remove_unused_columns must stay false: the collator reads the raw image/caption columns.")
+    if training_args.fsdp and training_args.device.type == "cpu":
+        raise ValueError("--fsdp needs GPUs (or another accelerator): accelerate applies FSDP only there, and on CPU "
+                         "the run would silently be plain data parallelism. Drop --fsdp to train with DDP on CPU "
+                         "(torchrun / accelerate launch; README, 'Beyond one machine').")
     return model_args, data_args, training_args
 
 
