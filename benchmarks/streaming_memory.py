@@ -3,7 +3,8 @@
 Writes the built-in shapes data (64 px) as parquet shards, then the same shards ten times over (copies under new
 names: a stream ten times as long), and runs the same short training on each, streamed and, for contrast, loaded the
 usual way (`--dataset` without `--streaming`: `datasets` converts every shard to its Arrow cache and every image is
-opened once before training). Each run is its own process; its peak resident memory is `ru_maxrss` of that child.
+opened once before training). Each run is its own process; its peak resident memory is `ru_maxrss` of that child,
+and the size of the `datasets` cache it wrote is measured after it.
 
     python benchmarks/streaming_memory.py --out benchmarks/results/streaming_memory.json
 """
@@ -76,8 +77,10 @@ def main(argv=None) -> dict:
                     command += ["--streaming", "--dataloader_num_workers", str(args.workers)]
                 shutil.rmtree(work / "hf_cache", ignore_errors=True)
                 mib, seconds = peak_rss_mib(command, env)
+                cache = sum(p.stat().st_size for p in (work / "hf_cache").rglob("*") if p.is_file())
                 row = {"data": name, "examples": examples, "shards": len(list(Path(data).glob("*.parquet"))),
-                       "streaming": streamed, "peak_rss_mib": round(mib, 1), "wall_s": round(seconds, 1)}
+                       "streaming": streamed, "peak_rss_mib": round(mib, 1), "wall_s": round(seconds, 1),
+                       "datasets_cache_mib": round(cache / 2**20, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:

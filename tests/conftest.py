@@ -66,7 +66,14 @@ def pytest_collection_modifyitems(config, items):
                                           "`bash scripts/setup.sh export`, then `.venv-export/bin/python -m pytest -m "
                                           "export`, which CI runs")
     skip_slow = pytest.mark.skip(reason="slow test: set RUN_SLOW=1 to run")
+    ray_selected = "ray" in (config.getoption("markexpr") or "") and "not ray" not in config.getoption("markexpr")
+    has_ray = importlib.util.find_spec("ray") is not None
+    skip_ray = pytest.mark.skip(reason=("starts a local Ray instance (a minute or two): run with `-m ray`, as CI's ray "
+                                        "step does") if has_ray else "needs the ray extra: `pip install -e '.[ray]'`, "
+                                        "then `python -m pytest -m ray`, which CI runs")
     for item in items:
+        if "ray" in item.keywords and not (ray_selected and has_ray):
+            item.add_marker(skip_ray)
         if "export" in item.keywords and not HAS_OPTIMUM_ONNX:
             item.add_marker(skip_export)
         if "slow" in item.keywords and os.environ.get("RUN_SLOW") != "1":

@@ -14,6 +14,7 @@ COMMANDS = {
     "caption": ("centerfocus.tools.caption", "Caption images with ONNX Runtime or PyTorch."),
     "sparsify": ("centerfocus.tools.sparsity", "2:4-prune the image branch (optionally fine-tune), report quality."),
     "index": ("centerfocus.tools.retrieval", "Build a caption index for retrieval-augmented captioning."),
+    "serve": ("centerfocus.tools.serving", "Serve captions over HTTP with Ray Serve (the `ray` extra)."),
 }
 ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
 # What needs Optimum's ONNX stack: `export`, and `caption --onnx` (ONNX Runtime through Optimum's ORTModel).
