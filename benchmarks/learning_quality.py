@@ -252,6 +252,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--curves", action="append", metavar="NAME",
                         help="With --plots, draw the learning curve of this run only (repeatable; default all).")
     parser.add_argument("--out", type=Path, help="JSON report.")
+    parser.add_argument("--merge", action="store_true",
+                        help="Keep the runs already in --out, replacing those evaluated again under the same name.")
     parser.add_argument("--plots", type=Path, help="Folder for the PNGs.")
     parser.add_argument("--table", action="store_true",
                         help="Print the report as a markdown table (seeds of one configuration, `NAME_sN`, grouped).")
@@ -297,6 +299,9 @@ def main(argv=None) -> list[dict]:
               + (f" (VED: {r['ved_training_tflops']:.1f})" if "ved_training_tflops" in r else ""), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.merge and args.out.exists():
+            names = {r["run"] for r in results}
+            results = [r for r in json.loads(args.out.read_text()) if r["run"] not in names] + results
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.plots:
         plot(results, args.plots, args.confusion, args.curves)
