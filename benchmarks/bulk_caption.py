@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
 from PIL import Image
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusProcessor
@@ -66,10 +67,7 @@ def main(argv=None) -> dict:
                "speed_up": round(statistics.median(loop_s) / statistics.median(bulk_s), 2),
                "loop_seconds": [round(s, 2) for s in loop_s], "bulk_seconds": [round(s, 2) for s in bulk_s],
                "same_caption_fraction": agree}
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.out)
     return results
 
 

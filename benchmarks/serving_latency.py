@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+
 
 def _post(url: str, body: bytes) -> float:
     start = time.perf_counter()
@@ -71,9 +73,7 @@ def main(argv=None) -> dict:
         serving.stop()
         ray.shutdown()
     results = {"command": "python benchmarks/serving_latency.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.out)
     return results
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+
 from centerfocus.tools.caption_data import load_image_dataset
 from centerfocus.tools.data import generate_caption_dataset
 from centerfocus.tools.streaming import write_shards
@@ -90,9 +92,7 @@ def main(argv=None) -> dict:
                "settings": vars(args) | {"out": str(args.out)}, "rows": rows,
                "note": "peak RSS of the largest single process of the run (ru_maxrss over the trainer and its "
                        "DataLoader workers); tiny preset at 64 px"}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.out)
     return results
 
 

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import report  # benchmarks/ runs as scripts: python benchmarks/NAME.py
+
 from centerfocus.tools.demo import DEMO_CONFIG
 from centerfocus.tools.demo import main as demo_main
 
@@ -47,9 +49,7 @@ def main(argv=None) -> dict:
     results = {"command": "python benchmarks/switch_ablation.py " + " ".join(argv or sys.argv[1:]), "rows": rows,
                "note": "one seed each; demo model (width 128, 1+2 layers, 64 px), 2000 training and 200 held-out "
                        "scenes with full-scene captions"}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.out)
     return results
 
 

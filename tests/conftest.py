@@ -123,6 +123,19 @@ def make_image(seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(array)
 
 
+def write_image_folder(folder, count: int, first_seed: int):
+    """An image folder of `count` test images (`img000.png`, ...) with a metadata.jsonl, as `datasets` reads it."""
+    import json
+
+    folder.mkdir(parents=True)
+    rows = []
+    for index in range(count):
+        make_image(first_seed + index, size=40).save(folder / f"img{index:03d}.png")
+        rows.append({"file_name": f"img{index:03d}.png", "text": "unused"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def images() -> list:
     return [make_image(seed) for seed in range(4)]

@@ -15,7 +15,7 @@ from centerfocus.tools import caption as caption_command
 from centerfocus.tools.bulk_caption import load_rows
 from centerfocus.tools.streaming import write_shards
 
-from ..conftest import make_image
+from ..conftest import write_image_folder
 
 
 NUM_IMAGES = 22  # batches of 8: two full, one of 6
@@ -23,14 +23,7 @@ NUM_IMAGES = 22  # batches of 8: two full, one of 6
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bulk") / "images"
-    folder.mkdir()
-    rows = []
-    for index in range(NUM_IMAGES):
-        make_image(100 + index, size=40).save(folder / f"img{index:03d}.png")
-        rows.append({"file_name": f"img{index:03d}.png", "text": "unused"})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return write_image_folder(tmp_path_factory.mktemp("bulk") / "images", NUM_IMAGES, first_seed=100)
 
 
 @pytest.fixture(scope="module")

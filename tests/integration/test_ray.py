@@ -18,7 +18,7 @@ from centerfocus.tools import caption as caption_command
 from centerfocus.tools.caption_data import load_image_dataset
 from centerfocus.tools.streaming import write_shards
 
-from ..conftest import make_image
+from ..conftest import write_image_folder
 
 
 pytestmark = pytest.mark.ray
@@ -39,14 +39,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ray") / "images"
-    folder.mkdir()
-    rows = []
-    for index in range(NUM_IMAGES):
-        make_image(200 + index, size=40).save(folder / f"img{index:03d}.png")
-        rows.append({"file_name": f"img{index:03d}.png", "text": "unused"})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return write_image_folder(tmp_path_factory.mktemp("ray") / "images", NUM_IMAGES, first_seed=200)
 
 
 @pytest.fixture(scope="module")
