@@ -25,6 +25,7 @@ VARIANTS = {
     "modality_gate_type=none": "modality_gate_type=none",
     "modality_embedding_type=none": "modality_embedding_type=none",
     "center_weighting_type=none": "center_weighting_type=none",
+    "contrastive_loss_weight=0.1": "contrastive_loss_weight=0.1",
 }
 
 
