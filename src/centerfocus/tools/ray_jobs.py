@@ -15,6 +15,7 @@ storage or s3://...):
 """
 
 import argparse
+import os
 from typing import Optional
 
 import numpy as np
@@ -61,7 +62,8 @@ def caption_with_ray(model: str, input_path: str, output_path: str, batch_size: 
     model, input_path, output_path = (str(Path(p).resolve()) if "://" not in p else p
                                       for p in (model, input_path, output_path))
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # inside `ray job submit` (RAY_ADDRESS set) this joins the cluster; otherwise it starts a local instance
+        ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False, "log_to_driver": False}))
     rows = ray.data.read_parquet(input_path, columns=[image_column])
     captions = rows.map_batches(CaptionReplica, fn_constructor_kwargs={
         "model": model, "image_column": image_column, "generate_kwargs": generate_kwargs},

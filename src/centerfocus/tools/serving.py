@@ -19,6 +19,7 @@ stack for the same features.
 import argparse
 import asyncio
 import io
+import os
 from typing import Optional
 
 
@@ -168,7 +169,8 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, replicas: int =
     if Path(model).exists():  # the replicas run in other working folders
         model = str(Path(model).resolve())
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # inside `ray job submit` (RAY_ADDRESS set) this joins the cluster; otherwise it starts a local instance
+        ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False, "log_to_driver": False}))
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(model, replicas=replicas, **options), name="centerfocus", route_prefix="/")
 
