@@ -51,21 +51,22 @@ def main(argv=None) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/caption"
+    settings = {f"up to {args.max_batch_size}": ("batched", args.max_batch_size), "none (1 at a time)": ("single", 1)}
     rows = []
     try:
-        for batched in (True, False):
-            serving.start(args.model, port=port, max_batch_size=args.max_batch_size if batched else 1,
+        for prefix, batch in settings.values():  # both applications up at once, on one replica each
+            serving.start(args.model, port=port, name=prefix, route_prefix=f"/{prefix}", max_batch_size=batch,
                           batch_wait_ms=10)
-            _post(url, bodies[0])  # warm-up
-            for clients in (int(c) for c in args.clients.split(",")):
+            _post(f"http://127.0.0.1:{port}/{prefix}/caption", bodies[0])  # warm-up
+        for clients in (int(c) for c in args.clients.split(",")):
+            for name, (prefix, _) in settings.items():  # side by side: the same load on the machine for both
+                url = f"http://127.0.0.1:{port}/{prefix}/caption"
                 start = time.perf_counter()
                 with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                    latencies = list(pool.map(lambda body: _post(url, body), bodies))
+                    latencies = list(pool.map(lambda body, url=url: _post(url, body), bodies))
                 wall = time.perf_counter() - start
-                row = {"batching": f"up to {args.max_batch_size}" if batched else "none (1 at a time)",
-                       "clients": clients, "requests": len(bodies), "images_per_s": round(len(bodies) / wall, 2),
-                       "p50_ms": round(1000 * statistics.median(latencies), 1),
+                row = {"batching": name, "clients": clients, "requests": len(bodies),
+                       "images_per_s": round(len(bodies) / wall, 2), "p50_ms": round(1000 * statistics.median(latencies), 1),
                        "p99_ms": round(1000 * _percentile(latencies, 0.99), 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -86,7 +86,8 @@ class CaptionService:
     async def __call__(self, request):
         from starlette.responses import JSONResponse
 
-        path = request.url.path.rstrip("/") or "/"
+        # the path below the application's route prefix (`serve run ... route_prefix=/captioner`)
+        path = request.url.path[len(request.scope.get("root_path", "")):].rstrip("/") or "/"
         if path == "/health":
             return JSONResponse({"status": "ok", "model": self.model_name})
         if path != "/caption":
@@ -159,8 +160,10 @@ def serve_main(argv: Optional[list[str]] = None) -> None:
         stop()
 
 
-def start(model: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, **options) -> None:
-    """Start a local Ray instance (unless one runs) and the endpoint on `host:port`; returns when it serves."""
+def start(model: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, name: str = "centerfocus",
+          route_prefix: str = "/", **options) -> None:
+    """Start a local Ray instance (unless one runs) and the endpoint on `host:port` under `route_prefix` (another
+    `name` adds a second application beside the first); returns when it serves."""
     from pathlib import Path
 
     import ray
@@ -172,7 +175,7 @@ def start(model: str, host: str = "127.0.0.1", port: int = 8000, replicas: int =
         # inside `ray job submit` (RAY_ADDRESS set) this joins the cluster; otherwise it starts a local instance
         ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False, "log_to_driver": False}))
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(model, replicas=replicas, **options), name="centerfocus", route_prefix="/")
+    serve.run(build_app(model, replicas=replicas, **options), name=name, route_prefix=route_prefix)
 
 
 def stop() -> None:
