@@ -147,7 +147,7 @@ class _ParquetWriter:
     def write(self, rows: list[dict]) -> None:
         import pyarrow as pa
 
-        table = pa.Table.from_pylist(rows, schema=_SCHEMA())
+        table = pa.Table.from_pylist(rows, schema=_schema())
         target = self.parts / f"part-{len(self.files):06d}.parquet"
         temporary = target.with_suffix(".tmp")
         self.pq.write_table(table, temporary)
@@ -160,7 +160,7 @@ class _ParquetWriter:
         import pyarrow as pa
 
         tables = [self.pq.read_table(f) for f in self.files]
-        table = pa.concat_tables(tables) if tables else _SCHEMA().empty_table()
+        table = pa.concat_tables(tables) if tables else _schema().empty_table()
         temporary = self.path.with_name(self.path.name + ".tmp")
         self.pq.write_table(table, temporary)
         os.replace(temporary, self.path)
@@ -169,7 +169,7 @@ class _ParquetWriter:
         self.parts.rmdir()
 
 
-def _SCHEMA():
+def _schema():
     import pyarrow as pa
 
     return pa.schema([("row", pa.int64()), ("source", pa.string()), ("caption", pa.string()), ("error", pa.string())])
