@@ -76,7 +76,7 @@ def load_rows(dataset: str, split: Optional[str] = None, config_name: Optional[s
               image_column: str = "image") -> tuple[datasets.IterableDataset, Optional[int]]:
     """The split to caption as a stream with undecoded images, and its number of rows when the data set says it."""
     from .caption_data import load_image_dataset
-    from .streaming import SHARD_FORMATS, load_streaming_dataset
+    from .streaming import SHARD_FORMATS, check_stream_columns, load_streaming_dataset
 
     path = Path(dataset)
     shards = path.is_dir() and any(p.suffix in SHARD_FORMATS for p in path.rglob("*"))
@@ -94,9 +94,7 @@ def load_rows(dataset: str, split: Optional[str] = None, config_name: Optional[s
     if split not in splits:
         raise ValueError(f"The data set has no split {split!r}; available splits: {sorted(splits)}.")
     rows = splits[split]
-    columns = list(rows.features) if rows.features is not None else list(next(iter(rows.take(1)), {}))
-    if image_column not in columns:
-        raise ValueError(f"Split {split!r} has no column {image_column!r}; columns: {columns}. Use --image_column.")
+    check_stream_columns(rows, split, (image_column,))
     info = rows.info.splits.get(split) if rows.info and rows.info.splits else None
     total = lengths.get(split) or (info.num_examples if info else None) or None
     return rows.cast_column(image_column, datasets.Image(decode=False)), total
@@ -125,7 +123,7 @@ class _JsonlWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self.handle.close()
 
 
@@ -220,5 +218,5 @@ def caption_dataset(model, processor, rows: datasets.IterableDataset, output: st
                 bar.update(len(results))
             finished = True
         finally:
-            writer.close(finished) if isinstance(writer, _ParquetWriter) else writer.close()
+            writer.close(finished)
     return {"rows": written, "errors": errors, "skipped": done}

@@ -76,12 +76,9 @@ class CaptionService:
         return await asyncio.to_thread(self._generate, images)
 
     def _generate(self, images: list) -> list[str]:
-        import torch
+        from .bulk_caption import _generate  # processor, generate under inference_mode, decode: as the bulk path
 
-        from .bulk_caption import _generate
-
-        with torch.inference_mode():
-            return _generate(self.model, self.processor, images, **self.generate_kwargs)
+        return _generate(self.model, self.processor, images, **self.generate_kwargs)
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse
