@@ -986,11 +986,11 @@ class CenterFocusEncoder(CenterFocusStack):
     def forward(
         self,
         pixel_values: torch.FloatTensor,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.LongTensor] = None,
+        # the prompt, as ids or embeddings
+        input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.LongTensor] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
+        # what is returned
+        output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[tuple, CenterFocusEncoderOutput]:
         """
@@ -1059,16 +1059,15 @@ class CenterFocusDecoder(CenterFocusStack):
 
     def forward(
         self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.LongTensor] = None,
+        # the caption so far, as ids or embeddings
+        input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.LongTensor] = None,
+        # what it attends to (the encoder's states, the cache of earlier steps); the caption as embeddings instead
         encoder_hidden_states: Optional[torch.FloatTensor] = None,
         encoder_attention_mask: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[EncoderDecoderCache] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
+        past_key_values: Optional[EncoderDecoderCache] = None, inputs_embeds: Optional[torch.FloatTensor] = None,
+        # what is returned
+        use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None,
     ):
         """
         Args:
@@ -1193,22 +1192,24 @@ class CenterFocusModel(CenterFocusPreTrainedModel):
     def forward(
         self,
         pixel_values: Optional[torch.FloatTensor] = None,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.LongTensor] = None,
-        decoder_input_ids: Optional[torch.LongTensor] = None,
-        decoder_attention_mask: Optional[torch.LongTensor] = None,
-        encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
-        cache: Optional[EncoderDecoderCache] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
+        *,
+        # the encoder's inputs besides the image: the prompt (or its embeddings), or the encoder's outputs themselves
+        input_ids: Optional[torch.LongTensor] = None, inputs_embeds: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None, encoder_outputs: Optional[Union[tuple, BaseModelOutput]] = None,
+        # the decoder's inputs and its cache (`cache` is `past_key_values` under its older name: give one)
+        decoder_input_ids: Optional[torch.LongTensor] = None, decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
+        decoder_attention_mask: Optional[torch.LongTensor] = None, past_key_values: Optional[EncoderDecoderCache] = None,
+        cache: Optional[EncoderDecoderCache] = None, use_cache: Optional[bool] = None,
+        # what is returned
+        output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
-        past_key_values: Optional[EncoderDecoderCache] = None,
     ) -> Union[tuple, Seq2SeqModelOutput]:
         """Encode `pixel_values` (+ prompt) unless `encoder_outputs` is given, then decode `decoder_input_ids`.
-        Arguments as in [`CenterFocusForConditionalGeneration.forward`]."""
+
+        Everything but the image is passed by name: a positional prompt could otherwise be taken for decoder inputs.
+        The arguments mean what they mean in [`CenterFocusForConditionalGeneration.forward`], which lists them in
+        the order that ONNX export and `generate()` read; here they are grouped by the part of the model they feed.
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cache = _one_cache(cache, past_key_values)
         if encoder_outputs is None:
@@ -1356,9 +1357,12 @@ class CenterFocusForConditionalGeneration(CenterFocusPreTrainedModel, Generation
             elif decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
 
-        outputs = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                             encoder_outputs, cache, inputs_embeds, decoder_inputs_embeds, use_cache,
-                             output_attentions, output_hidden_states, return_dict=True, past_key_values=past_key_values)
+        outputs = self.model(
+            pixel_values, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids,
+            decoder_inputs_embeds=decoder_inputs_embeds, decoder_attention_mask=decoder_attention_mask,
+            past_key_values=past_key_values, cache=cache, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
 
         losses = {}

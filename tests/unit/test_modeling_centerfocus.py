@@ -1,4 +1,6 @@
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -435,6 +437,28 @@ def test_weights_are_tied():
     model.resize_token_embeddings(80)
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert model.lm_head.weight.shape[0] == 80
+
+
+def test_base_model_takes_the_heads_arguments_by_name_and_gives_the_heads_states():
+    """The base model groups its arguments by what they feed and takes all but the image by name; the head passes
+    them on by name, so each of the base model's arguments must exist in the head under the same name and default."""
+    head = inspect.signature(CenterFocusForConditionalGeneration.forward).parameters
+    base = inspect.signature(modeling.CenterFocusModel.forward).parameters
+    for name, parameter in base.items():
+        assert name in head, name
+        assert parameter.default is head[name].default, name
+    assert [name for name, p in base.items() if p.kind is p.POSITIONAL_OR_KEYWORD] == ["self", "pixel_values"]
+
+    model = _model()
+    batch = _batch(model.config)
+    with torch.no_grad():
+        expected = model(**batch, output_hidden_states=True).decoder_hidden_states[-1]
+        base_states = model.model(batch["pixel_values"], input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"],
+                                  decoder_input_ids=model.prepare_decoder_input_ids_from_labels(batch["labels"]))
+    torch.testing.assert_close(base_states.last_hidden_state, expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="positional"):
+        model.model(batch["pixel_values"], batch["input_ids"])
 
 
 def test_learned_position_embedding_is_resized_on_load():
