@@ -59,6 +59,10 @@ def auto_model_for_vision2seq():
         return transformers.AutoModelForVision2Seq
 
 
+#: The Auto class Optimum's exporter loads a captioner with: 4.57's `AutoModelForVision2Seq`, which 5.x removed for
+#: `AutoModelForImageTextToText`.
+EXPORT_AUTO_CLASS = "AutoModelForImageTextToText" if TRANSFORMERS_5 else "AutoModelForVision2Seq"
+
 #: 5.x's image processors have "pil" and "torchvision" backends, and the fast one may be any torch-only class; 4.57 takes
 #: as fast processors only subclasses of its torchvision-based `BaseImageProcessorFast`.
 REGISTERS_TORCH_FAST_IMAGE_PROCESSOR = TRANSFORMERS_5

@@ -378,7 +378,7 @@ def test_a_non_autoregressive_model_is_refused(saved_folder, tmp_path, no_export
 def test_a_folder_without_an_encoder_graph_is_named(saved_folder, tmp_path, images):
     half_written = tmp_path / "half"  # what a failed export used to leave: support files, no graphs
     half_written.mkdir()
-    export._copy_support_files(saved_folder, half_written)
+    export.copy_support_files(saved_folder, half_written)
     image = tmp_path / "image.png"
     images[0].save(image)
     for folder in (half_written, saved_folder):  # saved_folder: a PyTorch model, not an export

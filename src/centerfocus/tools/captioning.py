@@ -33,3 +33,27 @@ def centre_weighting_map(model: CenterFocusForConditionalGeneration, size: int) 
             total = total * module.mask(size, size).detach().float()
     total = total - total.min()
     return (total / total.max().clamp(min=1e-8)).numpy()
+
+
+def draw_centre_weighting(axis, image, weighting: np.ndarray) -> None:
+    """Draw `image`, resized to the weighting's size, on a matplotlib axis with the weighting over it: tinted, with
+    contours at 1/4, 1/2 and 3/4."""
+    axis.imshow(np.asarray(image.convert("RGB").resize(weighting.shape[::-1])))
+    axis.imshow(weighting, cmap="magma", alpha=0.25)
+    axis.contour(weighting, levels=[0.25, 0.5, 0.75], colors="white", linewidths=0.8)
+
+
+def focus_map_picture(model: CenterFocusForConditionalGeneration, image, size: int = 256):
+    """A `size x size` PIL picture of `image` with the model's learned centre weighting drawn over it (matplotlib's
+    Agg canvas directly, so no pyplot state is touched and apps may call it from several threads)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    figure = Figure(figsize=(size / 100, size / 100), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axis = figure.add_axes((0, 0, 1, 1))
+    axis.axis("off")
+    draw_centre_weighting(axis, image, centre_weighting_map(model, size))
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

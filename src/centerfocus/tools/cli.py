@@ -10,13 +10,15 @@ COMMANDS = {
     "pretrain-vision": ("centerfocus.tools.pretrain", "Stage 1: train the CNN as an image classifier."),
     "demo": ("centerfocus.tools.demo", "Generate the built-in data set, train, evaluate, draw captions."),
     "generate-data": ("centerfocus.tools.demo", "Write the built-in synthetic data set as an image folder."),
-    "export": ("centerfocus.tools.export", "Export to ONNX with Optimum (optimise, INT8, TensorRT check)."),
+    "export": ("centerfocus.tools.onnx_export", "Export to ONNX (torch.onnx or Optimum; optimise, INT8, TensorRT check)."),
     "caption": ("centerfocus.tools.caption", "Caption images with ONNX Runtime or PyTorch."),
     "sparsify": ("centerfocus.tools.sparsity", "2:4-prune the image branch (optionally fine-tune), report quality."),
     "index": ("centerfocus.tools.retrieval", "Build a caption index for retrieval-augmented captioning."),
     "serve": ("centerfocus.tools.serving", "Serve captions over HTTP with Ray Serve (the `ray` extra)."),
+    "app": ("centerfocus.tools.app", "A Gradio captioning page with the focus map (the `app` extra)."),
 }
-ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
+ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main",
+                "app": "app_main"}
 # What needs Optimum's ONNX stack: `export`, and `caption --onnx` (ONNX Runtime through Optimum's ORTModel).
 # optimum-onnx 0.1.0 (its latest release) requires transformers<4.58, so on the transformers 5 line they run in a
 # separate environment on that stack: `bash scripts/setup.sh export` builds it as .venv-export beside the checkout;

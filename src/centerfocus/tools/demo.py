@@ -19,7 +19,7 @@ import numpy as np
 
 from ..modeling_centerfocus import CenterFocusCenterWeighting, CenterFocusForConditionalGeneration
 from ..processing_centerfocus import CenterFocusProcessor
-from .captioning import caption_images, centre_weighting_map
+from .captioning import caption_images, centre_weighting_map, draw_centre_weighting
 from .data import generate_caption_dataset
 from .progress import progress_enabled
 
@@ -97,10 +97,7 @@ def save_caption_picture(path: Path, images, captions, references, weighting: np
         axis.axis("off")
         if index >= count:
             continue
-        image = np.asarray(images[index].convert("RGB").resize(weighting.shape[::-1]))
-        axis.imshow(image)
-        axis.imshow(weighting, cmap="magma", alpha=0.25)
-        axis.contour(weighting, levels=[0.25, 0.5, 0.75], colors="white", linewidths=0.8)
+        draw_centre_weighting(axis, images[index], weighting)
         correct = captions[index] == references[index]
         axis.set_title(f"{captions[index]}\n(reference: {references[index]})", fontsize=8,
                        color="darkgreen" if correct else "darkred", wrap=True)
