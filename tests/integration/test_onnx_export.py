@@ -24,6 +24,7 @@ from centerfocus.tools import caption, export, sparsity
 from centerfocus.tools.data import generate_caption_dataset
 
 from ..fresh_process import run_without_package
+from ..onnx_checks import assert_scores_agree_within_1e4
 
 
 PROMPTS = ["describe the image", "a red", "what is in the centre", "a"]
@@ -79,19 +80,6 @@ def test_fp32_logits_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_pat
     ort_model = export.load_ort_model(str(export.export_onnx(str(tmp_path / "model"), str(tmp_path / "onnx"),
                                                              variant=variant)))
     assert_scores_agree_within_1e4(model, ort_model, inputs[variant], steps=6)
-
-
-def assert_scores_agree_within_1e4(model, ort_model, batch, steps: int):
-    """The PyTorch and ONNX Runtime models' scores at each of `steps` generated tokens: the same non-finite entries,
-    the rest within 1e-4."""
-    kwargs = {"max_new_tokens": steps, "min_new_tokens": steps, "output_scores": True, "return_dict_in_generate": True}
-    torch_scores = model.generate(**batch, **kwargs).scores
-    ort_scores = ort_model.generate(**batch, **kwargs).scores
-    assert len(torch_scores) == len(ort_scores) == steps
-    for expected, actual in zip(torch_scores, ort_scores):
-        finite = torch.isfinite(expected)
-        assert torch.equal(finite, torch.isfinite(actual))
-        assert (expected[finite] - actual[finite]).abs().max() < 1e-4
 
 
 def test_edge_stem_exports_with_logits_within_1e4(tokenizer, tiny_processor, inputs, tmp_path):

@@ -2,11 +2,10 @@
 
 import pytest
 
-from centerfocus.tools.cli import COMMANDS, OPTIMUM_COMMANDS, main
+from centerfocus.tools.cli import COMMANDS, main
 
 
-@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.export) if c in OPTIMUM_COMMANDS else c
-                                     for c in sorted(COMMANDS)])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_prints_its_help(command, capsys):
     # argparse %-formats each help string: a stray "%" in one of them crashes --help with a TypeError
     with pytest.raises(SystemExit) as exit_info:
@@ -46,12 +45,11 @@ def test_centerfocus_debug_shows_the_exception(tmp_path, monkeypatch):
         main(["train", "--dataset", str(tmp_path), "--output_dir", str(taken)])
 
 
-def test_an_optimum_command_without_optimum_names_the_export_environment(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("argv", [["export", "model", "out"], ["caption", "--onnx", "folder", "image.png"]])
+def test_an_onnx_command_without_onnx_names_the_export_extra(monkeypatch, capsys, argv):
     from centerfocus.tools import cli
 
-    missing = tmp_path / "no-such-python"
-    monkeypatch.setattr(cli, "_has_optimum_onnx", lambda: False)
-    monkeypatch.setenv(cli.EXPORT_PYTHON_VARIABLE, str(missing))
-    assert cli.main(["export", "--help"]) == 1
+    monkeypatch.setattr(cli, "_missing_onnx_packages", lambda: ["onnxruntime"])
+    assert cli.main(argv) == 1
     message = capsys.readouterr().err
-    assert str(missing) in message and "scripts/setup.sh export" in message
+    assert "lacks onnxruntime" in message and '".[export]"' in message

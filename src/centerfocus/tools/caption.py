@@ -1,5 +1,5 @@
-"""`centerfocus caption`: caption images with PyTorch (any stack line) or ONNX Runtime (an exported folder, which
-loads through Optimum's ORTModel and so needs Optimum's stack: `bash scripts/setup.sh export`)."""
+"""`centerfocus caption`: caption images with PyTorch or ONNX Runtime (an exported folder; the `export` extra), on
+either stack line."""
 
 import argparse
 import json
@@ -52,7 +52,7 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         return _caption_dataset(args)
     folder = args.onnx or args.model
     if args.onnx:
-        from .export import check_onnx_folder, load_ort_model  # Optimum's stack (centerfocus export's environment)
+        from .onnx_folder import check_onnx_folder
 
         check_onnx_folder(args.onnx)  # before the processor, which a bare folder lacks too
     processor = CenterFocusProcessor.from_pretrained(folder)
@@ -64,8 +64,7 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
             if args.trt_engine_cache:
                 options.update(trt_engine_cache_enable="True", trt_engine_cache_path=args.trt_engine_cache,
                                trt_timing_cache_enable="True")
-        model = load_ort_model(args.onnx, provider=args.provider, provider_options=options or None,
-                               use_merged=False if args.provider == "TensorrtExecutionProvider" else None)
+        model = load_onnx_captioner(args.onnx, args.provider, options or None)
     else:
         from ..modeling_centerfocus import CenterFocusForConditionalGeneration
 
@@ -102,6 +101,21 @@ def caption_main(argv: Optional[list[str]] = None) -> list[str]:
         bar.update(len(batch))
     bar.close()
     return captions
+
+
+def load_onnx_captioner(folder: str, provider: str = "CPUExecutionProvider", options: Optional[dict] = None):
+    """An exported folder ready for `generate()`: Optimum's ORTModel where Optimum is installed (the 4.57 line, with
+    the merged decoder except on TensorRT), else the package's own runner (onnx_runner.py, any line)."""
+    from .onnx_folder import has_optimum_onnx
+
+    if has_optimum_onnx():
+        from .export import load_ort_model
+
+        return load_ort_model(folder, provider=provider, provider_options=options,
+                              use_merged=False if provider == "TensorrtExecutionProvider" else None)
+    from .onnx_runner import load_onnx_model
+
+    return load_onnx_model(folder, provider, options)
 
 
 def _caption_dataset(args) -> dict:

@@ -17,53 +17,16 @@ COMMANDS = {
     "serve": ("centerfocus.tools.serving", "Serve captions over HTTP with Ray Serve (the `ray` extra)."),
     "app": ("centerfocus.tools.app", "A Gradio captioning page with the focus map (the `app` extra)."),
 }
-ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main",
-                "app": "app_main"}
-# What needs Optimum's ONNX stack: `export`, and `caption --onnx` (ONNX Runtime through Optimum's ORTModel).
-# optimum-onnx 0.1.0 (its latest release) requires transformers<4.58, so on the transformers 5 line they run in a
-# separate environment on that stack: `bash scripts/setup.sh export` builds it as .venv-export beside the checkout;
-# CENTERFOCUS_EXPORT_PYTHON names another one's python. `caption --model` runs where it is called.
-OPTIMUM_COMMANDS = ("export",)
-EXPORT_PYTHON_VARIABLE = "CENTERFOCUS_EXPORT_PYTHON"
+ENTRY_POINTS = {"generate-data": "generate_data_main", "export": "export_main", "caption": "caption_main"}
+# What needs the `export` extra (onnx, onnxruntime): `export`, and `caption --onnx`. Both run in the calling
+# environment on either transformers line (onnx_export.py, onnx_runner.py); Optimum is used where installed.
+ONNX_COMMANDS = ("export",)
 
 
-def export_python() -> Optional[str]:
-    """The python of the environment on Optimum's stack: $CENTERFOCUS_EXPORT_PYTHON, else the checkout's
-    .venv-export (an editable install), else None."""
-    from pathlib import Path
-
-    named = os.environ.get(EXPORT_PYTHON_VARIABLE)
-    if named:
-        return named
-    candidate = Path(__file__).resolve().parents[3] / ".venv-export" / "bin" / "python"
-    return str(candidate) if candidate.is_file() else None
-
-
-def _has_optimum_onnx() -> bool:
+def _missing_onnx_packages() -> list[str]:
     import importlib.util
 
-    try:
-        return importlib.util.find_spec("optimum.onnxruntime") is not None
-    except ModuleNotFoundError:  # no `optimum` at all
-        return False
-
-
-def _run_in_export_environment(command: str, rest: list[str]) -> int:
-    """Run `centerfocus <command>` in the Optimum-stack environment, or say how to build one."""
-    import subprocess
-
-    import transformers
-
-    python = export_python()
-    if python is None or not os.path.isfile(python):
-        where = f"{EXPORT_PYTHON_VARIABLE}={python!r} does not exist; " if python else ""
-        print(f"centerfocus {command}: error: {where}this environment has no Optimum ONNX exporter (transformers "
-              f"{transformers.__version__}; optimum-onnx 0.1.0 requires transformers<4.58). Run `bash scripts/setup.sh "
-              f"export` to build .venv-export on that stack (or set {EXPORT_PYTHON_VARIABLE} to the python of one); "
-              f"`centerfocus {command}` then runs there.", file=sys.stderr)
-        return 1
-    print(f"centerfocus {command}: running in the Optimum environment {python}", file=sys.stderr)
-    return subprocess.call([python, "-m", "centerfocus.tools.cli", command, *rest])
+    return [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
 
 
 def _usage() -> str:
@@ -81,10 +44,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"centerfocus: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    needs_optimum = command in OPTIMUM_COMMANDS or (command == "caption" and any(
+    needs_onnx = command in ONNX_COMMANDS or (command == "caption" and any(
         arg == "--onnx" or arg.startswith("--onnx=") for arg in rest))
-    if needs_optimum and not _has_optimum_onnx():
-        return _run_in_export_environment(command, rest)
+    missing = _missing_onnx_packages() if needs_onnx and "--help" not in rest and "-h" not in rest else []
+    if missing:
+        print(f"centerfocus {command}: error: this environment lacks {' and '.join(missing)}: install the export "
+              "extra (`pip install -e \".[export]\"`; it keeps the installed transformers).", file=sys.stderr)
+        return 1
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])

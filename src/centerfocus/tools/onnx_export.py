@@ -33,6 +33,7 @@ from .onnx_folder import (
     check_exportable_decoder,
     check_output_folder,
     copy_support_files,
+    has_optimum_onnx,
     move_into_place,
     optimize_onnx,
     quantize_dynamic_int8,
@@ -45,15 +46,6 @@ from .onnx_runner import cache_from_tensors, load_onnx_model, past_names
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "optimum", "torch")
-
-
-def has_optimum_onnx() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("optimum.onnxruntime") is not None
-    except ModuleNotFoundError:  # no `optimum` at all
-        return False
 
 
 class _Encoder(nn.Module):

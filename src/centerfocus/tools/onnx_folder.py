@@ -15,6 +15,16 @@ from ..configuration_centerfocus import CenterFocusConfig
 
 
 TASKS = ("image-to-text", "image-to-text-with-past")
+def has_optimum_onnx() -> bool:
+    """Whether Optimum's ONNX stack (optimum-onnx, transformers<4.58) is installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("optimum.onnxruntime") is not None
+    except ModuleNotFoundError:  # no `optimum` at all
+        return False
+
+
 VARIANTS = {
     "image": "The encoder takes pixel_values only (captioning without a prompt).",
     "prompt": "The encoder also takes a prompt (input_ids, attention_mask); decoders take encoder_attention_mask.",

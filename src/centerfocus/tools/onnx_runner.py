@@ -120,7 +120,7 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
     def __init__(self, config: CenterFocusConfig, encoder, decoder, decoder_with_past=None):
         CenterFocusPreTrainedModel.__init__(self, config)  # no PyTorch layers: the graphs hold the weights
         check_exportable_decoder(config.decoder_type, "The exported model")
-        self.is_non_autoregressive = False
+        self.is_non_autoregressive, self.logit_scale = False, None  # what the head's init and generate() read
         self.encoder = CenterFocusOnnxEncoder(encoder)
         # sessions, not modules: generate() reads the signature of a `decoder` attribute's forward
         self.decoder_session, self.decoder_with_past_session = decoder, decoder_with_past
@@ -160,6 +160,9 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
 
     def get_encoder(self) -> CenterFocusOnnxEncoder:
         return self.encoder
+
+    def get_output_embeddings(self) -> None:
+        return None  # nothing to tie: the graphs hold the (tied) weights
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, decoder_input_ids=None,
                 encoder_outputs=None, cache=None, past_key_values=None, use_cache=None, return_dict=None, **kwargs):
