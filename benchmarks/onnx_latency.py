@@ -1,5 +1,6 @@
 """ONNX Runtime (fp32 and INT8) against PyTorch generate() latency on CPU, batch 1 and 8, measured side by side in
-one process, plus the caption agreement of INT8 with fp32.
+one process, plus the caption agreement of INT8 with fp32. Where Optimum is installed (the 4.57 line) it exports and
+runs with Optimum, elsewhere with torch.onnx and the package's runner (`onnx_runner` in the output says which).
 
     python benchmarks/onnx_latency.py --model demo_output/model --data demo_output/data --optimize O2 \
         --out benchmarks/results/onnx_latency_demo.json
@@ -29,7 +30,14 @@ from centerfocus import (
     CenterFocusImageProcessor,
     CenterFocusProcessor,
 )
-from centerfocus.tools.export import OPTIMIZATION_LEVELS, export_onnx, load_ort_model
+from centerfocus.tools.caption import load_onnx_captioner as load_ort_model
+from centerfocus.tools.onnx_folder import OPTIMIZATION_LEVELS, has_optimum_onnx
+
+
+if has_optimum_onnx():  # Optimum's exporter and ORTModel (the 4.57 line)
+    from centerfocus.tools.export import export_onnx
+else:  # torch.onnx and the package's runner (any line)
+    from centerfocus.tools.onnx_export import export_onnx_torch as export_onnx
 
 
 BASE_VOCAB = 30522
@@ -103,7 +111,8 @@ def main() -> None:
     size = model.config.image_size
     images, references = load_images(args.data, max(8, args.agreement_images), size)
     forced = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}  # equal work for every backend
-    results = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+    results = {"onnx_runner": type(fp32).__module__,
+               "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
                "model": {"path": str(args.model) if args.model else f"random-{args.size}",
                          "hidden_size": model.config.hidden_size, "encoder_layers": model.config.encoder_layers,

@@ -20,7 +20,7 @@ import torch
 from onnx import numpy_helper
 
 from centerfocus import CenterFocusForConditionalGeneration, CenterFocusImageProcessor, CenterFocusProcessor
-from centerfocus.tools import caption, export, sparsity
+from centerfocus.tools import caption, export, onnx_folder, sparsity
 from centerfocus.tools.data import generate_caption_dataset
 
 from ..fresh_process import run_without_package
@@ -130,7 +130,7 @@ def test_exported_folder_captions_in_a_fresh_process(exports, tiny_model, tiny_p
 
 def test_every_operator_is_supported_by_the_tensorrt_parser(exports):
     supported = export.tensorrt_supported_operators()
-    assert "onnx-tensorrt" in export.TENSORRT_OPERATORS_FILE.read_text()  # the list names its source
+    assert "onnx-tensorrt" in onnx_folder.TENSORRT_OPERATORS_FILE.read_text()  # the list names its source
     assert {"MatMul", "Softmax", "TopK", "If"} <= supported and "Unique" not in supported
     for folder in exports.values():
         report = export.tensorrt_report(folder)

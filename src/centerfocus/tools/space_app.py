@@ -16,6 +16,7 @@ seeded with `torch.manual_seed(seed)` first).
 """
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -190,6 +191,8 @@ class CaptionApp:
         self.examples = list(examples)
         self.title = title
         self.max_pixels = max_pixels
+        # Gradio runs handlers in worker threads: seeding and sampling happen together, one request at a time
+        self._lock = threading.Lock()
         config = model.generation_config
         # max_length counts the decoder start token: max_length - 1 new tokens is generate()'s own default
         self.default_max_new_tokens = min(config.max_new_tokens or max(1, (config.max_length or 21) - 1),
@@ -199,10 +202,11 @@ class CaptionApp:
         import torch
 
         kwargs, seed = generation_options(*options)
-        if seed is not None:
-            torch.manual_seed(seed)
         try:
-            return self.caption_fn(images, (prompt or "").strip() or None, **kwargs)
+            with self._lock:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                return self.caption_fn(images, (prompt or "").strip() or None, **kwargs)
         except ValueError as error:  # what the processor or generate() refuses (an image mode, an option), named
             raise InputError(" ".join(str(error).split())) from None
 
