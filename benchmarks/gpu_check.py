@@ -1,6 +1,6 @@
 """What only a GPU shows, in one table (run by `benchmarks/gpu_check.sh`): training-step time and loss in fp32, bf16
 and fp16 (autocast, as the Trainer's `--bf16` / `--fp16` do), `generate()` milliseconds per token at batch 1 and 32
-with and without the KV cache, and ONNX Runtime's CUDA provider when it is installed.
+with and without the KV cache, and the torch.onnx export on ONNX Runtime's CUDA provider when it is installed.
 
     python benchmarks/gpu_check.py                 # on a CUDA machine: the small preset at 224 px
     python benchmarks/gpu_check.py --dry_run       # anywhere: a tiny model on the CPU, to check the script runs
@@ -80,14 +80,50 @@ def generate_rows(config: CenterFocusConfig, device, new_tokens: int, repeats: i
     return rows
 
 
-def onnxruntime_row() -> dict:
+def onnxruntime_rows(config: CenterFocusConfig, device, new_tokens: int, repeats: int) -> list[dict]:
+    """The random model exported with torch.onnx (`centerfocus export --backend torch`) and captioned by the package's
+    runner on ONNX Runtime's CUDA provider (the CPU provider in a dry run): ms per token at batch 1 and 32, and
+    whether the tokens equal PyTorch's on the same device (reported, not asserted: random weights can tie)."""
+    import tempfile
+    from pathlib import Path
+
     try:
+        import onnx  # noqa: F401 (the exporter writes with it)
         import onnxruntime
-    except ImportError:
-        return {"check": "ONNX Runtime CUDA provider", "ms": None, "value": "onnxruntime not installed"}
-    providers = onnxruntime.get_available_providers()
-    return {"check": "ONNX Runtime CUDA provider", "ms": None,
-            "value": f"onnxruntime {onnxruntime.__version__}: {'available' if 'CUDAExecutionProvider' in providers else 'absent'} ({', '.join(providers)})"}
+    except ImportError as error:
+        return [{"check": "ONNX Runtime CUDA provider", "ms": None, "value": f"{error.name} not installed"}]
+    provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+    available = onnxruntime.get_available_providers()
+    if provider not in available:
+        return [{"check": "ONNX Runtime CUDA provider", "ms": None,
+                 "value": f"onnxruntime {onnxruntime.__version__}: absent ({', '.join(available)})"}]
+    from centerfocus.tools.onnx_export import export_onnx_torch
+    from centerfocus.tools.onnx_runner import load_onnx_model
+
+    torch.manual_seed(0)
+    model = CenterFocusForConditionalGeneration(config).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(Path(folder) / "model")
+        export_onnx_torch(str(Path(folder) / "model"), str(Path(folder) / "onnx"))
+        runner = load_onnx_model(str(Path(folder) / "onnx"), provider)
+        model.to(device)
+        for batch in (1, 32):
+            pixel_values = torch.randn(batch, 3, config.image_size, config.image_size)
+            kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+
+            def run(pixel_values=pixel_values, kwargs=kwargs):
+                with torch.inference_mode():
+                    return runner.generate(pixel_values=pixel_values, **kwargs)
+
+            seconds = _timed(run, torch.device("cpu"), repeats)  # the runner returns host tensors: nothing to sync
+            with torch.inference_mode():
+                same = torch.equal(run().cpu(), model.generate(pixel_values=pixel_values.to(device), **kwargs).cpu())
+            rows.append({"check": f"ONNX Runtime CUDA provider, generate, batch {batch}" if device.type == "cuda"
+                         else f"ONNX Runtime CUDA provider (dry run: CPU provider), generate, batch {batch}",
+                         "ms": round(1000 * seconds / new_tokens, 3),
+                         "value": f"ms per token; tokens {'equal' if same else 'differ from'} PyTorch's"})
+    return rows
 
 
 def main(argv=None) -> list[dict]:
@@ -113,7 +149,7 @@ def main(argv=None) -> list[dict]:
              "cpu (dry run)"}]
     rows += training_rows(config, device, batch, steps, repeats)
     rows += generate_rows(config, device, new_tokens, repeats)
-    rows.append(onnxruntime_row())
+    rows += onnxruntime_rows(config, device, new_tokens, repeats)
     print("| check | ms | value |\n| --- | --- | --- |")
     for row in rows:
         print(f"| {row['check']} | {'' if row['ms'] is None else row['ms']} | {row['value']} |")

@@ -28,6 +28,8 @@ done
 if [ -z "$DRY" ]; then
   "$PYTHON" -c "import onnxruntime" 2>/dev/null || "$PYTHON" -m pip install --quiet onnxruntime-gpu \
     || echo "onnxruntime-gpu did not install: the table says so"
+  "$PYTHON" -c "import onnx" 2>/dev/null || "$PYTHON" -m pip install --quiet onnx \
+    || echo "onnx did not install: the table says so"
 fi
 
 # the GPU-marked tests (they skip where there is no CUDA device, which is what a dry run shows)

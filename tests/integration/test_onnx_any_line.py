@@ -18,7 +18,7 @@ from centerfocus.tools import onnx_export, onnx_folder
 from centerfocus.tools.caption import caption_main, load_onnx_captioner
 from centerfocus.tools.onnx_runner import load_onnx_model
 
-from ..onnx_checks import assert_scores_agree_within_1e4
+from ..onnx_checks import assert_scores_agree_within_1e4, save_small_preset_periphery_model
 from .test_cross_line import OTHER_PYTHON, OTHER_VERSION
 
 
@@ -76,15 +76,7 @@ def test_onnx_runtime_generate_matches_pytorch(tiny_model, exports, inputs, vari
 def test_fp32_scores_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_path, variant):
     """Absolute 1e-4 on a default-initialised model (logits of order 1), at the first step and every cached step, as
     for Optimum's export; the batch-norm periphery and edge stem of the `small` preset included."""
-    from ..conftest import build_tiny_model
-
-    model = build_tiny_model(tokenizer, initializer_range=0.02, stem_norm_type="batch", edge_compensation_type="stem",
-                             edge_stem_residual_blocks=1, edge_stem_width_ratio=1.0)
-    for module in model.modules():  # give the residual block's zero-initialised last norm a weight
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-    model.save_pretrained(tmp_path / "model")
-    tiny_processor.save_pretrained(tmp_path / "model")
+    model = save_small_preset_periphery_model(tokenizer, tiny_processor, tmp_path / "model")
     folder = onnx_export.export_onnx_torch(str(tmp_path / "model"), str(tmp_path / "onnx"), variant=variant)
     assert_scores_agree_within_1e4(model, load_onnx_model(str(folder)), inputs[variant], steps=6)
 

@@ -24,7 +24,7 @@ from centerfocus.tools import caption, export, onnx_folder, sparsity
 from centerfocus.tools.data import generate_caption_dataset
 
 from ..fresh_process import run_without_package
-from ..onnx_checks import assert_scores_agree_within_1e4
+from ..onnx_checks import assert_scores_agree_within_1e4, save_small_preset_periphery_model
 
 
 PROMPTS = ["describe the image", "a red", "what is in the centre", "a"]
@@ -85,15 +85,7 @@ def test_fp32_logits_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_pat
 def test_edge_stem_exports_with_logits_within_1e4(tokenizer, tiny_processor, inputs, tmp_path):
     """The `small` preset's periphery (batch-norm stages, the edge stem with a residual block and its per-cell
     brightest-colour projection) exports: absolute 1e-4 on default-initialised logits of order 1, as above."""
-    from ..conftest import build_tiny_model
-
-    model = build_tiny_model(tokenizer, initializer_range=0.02, stem_norm_type="batch", edge_compensation_type="stem",
-                             edge_stem_residual_blocks=1, edge_stem_width_ratio=1.0)
-    for module in model.modules():  # give the residual block's zero-initialised last norm a weight
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-    model.save_pretrained(tmp_path / "model")
-    tiny_processor.save_pretrained(tmp_path / "model")
+    model = save_small_preset_periphery_model(tokenizer, tiny_processor, tmp_path / "model")
     ort_model = export.load_ort_model(str(export.export_onnx(str(tmp_path / "model"), str(tmp_path / "onnx"))))
     assert_scores_agree_within_1e4(model, ort_model, inputs["image"], steps=4)
 

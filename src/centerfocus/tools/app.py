@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from .cli import add_server_arguments
 from .space_app import MAX_IMAGE_PIXELS, CaptionApp, find_examples
 
 
@@ -63,9 +64,7 @@ def _boolean(text: str) -> bool:
 def app_main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="centerfocus app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A saved CenterFocus captioner folder.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
-    parser.add_argument("--port", type=int, default=7860)
+    add_server_arguments(parser, port=7860)
     parser.add_argument("--share", type=_boolean, default=False, metavar="{true,false}",
                         help="Also open a public gradio.live link (default false).")
     parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS,

@@ -29,6 +29,13 @@ def _missing_onnx_packages() -> list[str]:
     return [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
 
 
+def add_server_arguments(parser, port: int) -> None:
+    """`--model`, `--host` (loopback by default) and `--port`: what every command that serves a model takes."""
+    parser.add_argument("--model", required=True, help="A saved CenterFocus captioner folder.")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+    parser.add_argument("--port", type=int, default=port)
+
+
 def _usage() -> str:
     lines = ["usage: centerfocus <command> [arguments]", "", "commands:"]
     lines += [f"  {name:<16} {help_text}" for name, (_, help_text) in COMMANDS.items()]

@@ -10,10 +10,7 @@ entry point work. Two variants (`--variant`):
   Prompts must be at least one token long (a zero-length dimension is not portable across execution providers).
 """
 
-import json
 import logging
-import shutil
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -47,6 +44,7 @@ from .onnx_folder import (  # noqa: F401 (the folder's checks and the TensorRT r
     OPTIMIZATION_LEVELS,
     TASKS,
     VARIANTS,
+    check_export_request,
     check_exportable_decoder,
     check_onnx_file,
     check_onnx_folder,
@@ -58,6 +56,7 @@ from .onnx_folder import (  # noqa: F401 (the folder's checks and the TensorRT r
     tensorrt_profiles,
     tensorrt_report,
     tensorrt_supported_operators,
+    write_export,
 )
 
 
@@ -261,42 +260,14 @@ def export_onnx(model_dir: str, output_dir: str, task: str = "image-to-text-with
     optimisation) succeeded; on failure the hidden folder is removed and `output_dir` is left as it was."""
     from optimum.exporters.onnx import main_export
 
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {TASKS}, got {task!r}.")
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"--opset must be between {MIN_OPSET} (scaled_dot_product_attention) and {MAX_OPSET} (torch's "
-                         f"TorchScript exporter, which Optimum uses), got {opset!r}.")
-    if quantize not in (None, "int8"):  # checked before the export, which is the slow part
-        raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
-    if optimize not in (None, *OPTIMIZATION_LEVELS):
-        raise ValueError(f"--optimize must be one of {list(OPTIMIZATION_LEVELS)}, got {optimize!r}.")
-    if variant not in CenterFocusOnnxConfig.VARIANTS:
-        raise ValueError(f"--variant must be one of {sorted(CenterFocusOnnxConfig.VARIANTS)}, got {variant!r}.")
-    model_path, output = Path(model_dir), Path(output_dir)
-    if not (model_path / "config.json").is_file():
-        raise ValueError(f"{model_dir} is not a saved CenterFocus model folder (no config.json).")
-    decoder_type = json.loads((model_path / "config.json").read_text()).get("decoder_type", "autoregressive")
-    check_exportable_decoder(decoder_type, model_dir)
-    check_output_folder(output, model_path, overwrite)
-    target = output.resolve()  # through a symlinked output, to the folder it names
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")  # same file system: a rename
-    staging.mkdir()
-    try:
-        main_export(str(model_path), str(staging), task=task, opset=opset, trust_remote_code=True, _variant=variant,
+    model_path, output = check_export_request(model_dir, output_dir, task, variant, opset, optimize, quantize,
+                                              overwrite)
+
+    def write_graphs(folder: Path) -> None:
+        main_export(str(model_path), str(folder), task=task, opset=opset, trust_remote_code=True, _variant=variant,
                     do_validation=validate, no_post_process=not merge, library_name="transformers")
-        copy_support_files(model_path, staging)
-        if quantize:  # from the plain export: the quantizer's shape inference does not know optimised (fused) graphs
-            quantize_int8(staging, staging / "int8")
-        if optimize:
-            optimize_onnx(staging, optimize)
-            if quantize:
-                optimize_onnx(staging / "int8", optimize)
-        move_into_place(staging, target, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+
+    return write_export(model_path, output, overwrite, write_graphs, quantize_int8, optimize, quantize)
 
 
 

@@ -14,8 +14,6 @@ either runner: `CenterFocusOnnxForConditionalGeneration` (onnx_runner.py, no Opt
 import argparse
 import json
 import logging
-import shutil
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -25,20 +23,15 @@ from torch import nn
 from ..configuration_centerfocus import CenterFocusConfig
 from ..modeling_centerfocus import CenterFocusForConditionalGeneration
 from .onnx_folder import (
-    MAX_OPSET,
-    MIN_OPSET,
     OPTIMIZATION_LEVELS,
     TASKS,
     VARIANTS,
-    check_exportable_decoder,
-    check_output_folder,
-    copy_support_files,
+    check_export_request,
     has_optimum_onnx,
-    move_into_place,
-    optimize_onnx,
     quantize_dynamic_int8,
     tensorrt_profiles,
     tensorrt_report,
+    write_export,
 )
 from .onnx_runner import cache_from_tensors, load_onnx_model, past_names
 
@@ -178,50 +171,24 @@ def export_onnx_torch(model_dir: str, output_dir: str, task: str = "image-to-tex
     """Export a saved CenterFocus folder with `torch.onnx.export` into Optimum's layout (no merged decoder); the
     result loads with `load_onnx_model(output_dir)` and with Optimum's ORTModel on the 4.57 line. Arguments and the
     staging (a failed export leaves `output_dir` as it was) as in Optimum's `export.export_onnx`."""
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {TASKS}, got {task!r}.")
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"--opset must be between {MIN_OPSET} (scaled_dot_product_attention) and {MAX_OPSET} (torch's "
-                         f"TorchScript exporter), got {opset!r}.")
-    if quantize not in (None, "int8"):
-        raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
-    if optimize not in (None, *OPTIMIZATION_LEVELS):
-        raise ValueError(f"--optimize must be one of {list(OPTIMIZATION_LEVELS)}, got {optimize!r}.")
-    if variant not in VARIANTS:
-        raise ValueError(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
-    model_path, output = Path(model_dir), Path(output_dir)
-    if not (model_path / "config.json").is_file():
-        raise ValueError(f"{model_dir} is not a saved CenterFocus model folder (no config.json).")
-    decoder_type = json.loads((model_path / "config.json").read_text()).get("decoder_type", "autoregressive")
-    check_exportable_decoder(decoder_type, model_dir)
-    check_output_folder(output, model_path, overwrite)
-    model = CenterFocusForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
-    target = output.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    model_path, output = check_export_request(model_dir, output_dir, task, variant, opset, optimize, quantize,
+                                              overwrite)
+    model = CenterFocusForConditionalGeneration.from_pretrained(model_dir).eval()
+
+    def write_graphs(folder: Path) -> None:
         with torch.no_grad():
             # eval(): a wrapper starts in training mode, and the tracer's forward would update batch-norm statistics
             for name, (module, args, input_names, output_names, axes) in _graphs(
                     model, variant, with_past=task.endswith("-with-past")).items():
-                torch.onnx.export(module.eval(), args, str(staging / name), input_names=input_names,
+                torch.onnx.export(module.eval(), args, str(folder / name), input_names=input_names,
                                   output_names=output_names, dynamic_axes=axes, opset_version=opset, dynamo=False)
-        model.config.save_pretrained(staging)  # the loaded config (with the current field names)
-        copy_support_files(model_path, staging)
-        if validate:
-            logger.info("largest first-step logit difference against PyTorch: %.3g", _validate(model, staging, variant))
-        if quantize:
-            quantize_dynamic_int8(staging, staging / "int8")
-        if optimize:
-            optimize_onnx(staging, optimize)
-            if quantize:
-                optimize_onnx(staging / "int8", optimize)
-        move_into_place(staging, target, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+        model.config.save_pretrained(folder)  # the loaded config (with the current field names)
+
+    def check(folder: Path) -> None:
+        logger.info("largest logit difference against PyTorch: %.3g", _validate(model, folder, variant))
+
+    return write_export(model_path, output, overwrite, write_graphs, quantize_dynamic_int8, optimize, quantize,
+                        check if validate else None)
 
 
 def export_main(argv: Optional[list[str]] = None) -> Path:

@@ -7,9 +7,12 @@ The layout is Optimum's: `encoder_model.onnx`, `decoder_model.onnx`, `decoder_wi
 `decoder_model_merged.onnx`, beside the model's config, processor, tokenizer, generation config and remote code.
 """
 
+import json
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from ..configuration_centerfocus import CenterFocusConfig
 
@@ -249,3 +252,56 @@ def tensorrt_profiles(config: CenterFocusConfig, max_batch: int = 8, max_prompt:
 
 
 MIN_OPSET, MAX_OPSET = 14, 20  # 13 fails on scaled_dot_product_attention; torch.onnx's TorchScript exporter stops at 20
+
+
+def check_export_request(model_dir: str, output_dir: str, task: str, variant: str, opset: int,
+                         optimize: Optional[str], quantize: Optional[str], overwrite: bool) -> tuple[Path, Path]:
+    """Every argument of an export checked before the slow part: `(model folder, output folder)` as paths."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {TASKS}, got {task!r}.")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"--opset must be between {MIN_OPSET} (scaled_dot_product_attention) and {MAX_OPSET} (torch's "
+                         f"TorchScript exporter, which both exporters use), got {opset!r}.")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"--quantize supports 'int8', got {quantize!r}.")
+    if optimize not in (None, *OPTIMIZATION_LEVELS):
+        raise ValueError(f"--optimize must be one of {list(OPTIMIZATION_LEVELS)}, got {optimize!r}.")
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
+    model_path, output = Path(model_dir), Path(output_dir)
+    if not (model_path / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved CenterFocus model folder (no config.json).")
+    decoder_type = json.loads((model_path / "config.json").read_text()).get("decoder_type", "autoregressive")
+    check_exportable_decoder(decoder_type, model_dir)
+    check_output_folder(output, model_path, overwrite)
+    return model_path, output
+
+
+def write_export(model_path: Path, output: Path, overwrite: bool, write_graphs: Callable[[Path], None],
+                 quantizer: Callable[[Path, Path], Path], optimize: Optional[str] = None, quantize: Optional[str] = None,
+                 check: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write an export into a hidden folder beside `output` and rename it into place only once everything succeeded:
+    `write_graphs(folder)`, the support files, `check(folder)`, `quantizer(folder, folder / "int8")` (from the plain
+    graphs: the quantizer's shape inference does not know optimised, fused ones), then the optimisation. On failure the
+    hidden folder is removed and `output` is left as it was."""
+    target = output.resolve()  # through a symlinked output, to the folder it names
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")  # same file system: a rename
+    staging.mkdir()
+    try:
+        write_graphs(staging)
+        copy_support_files(model_path, staging)
+        if check is not None:
+            check(staging)
+        if quantize:
+            quantizer(staging, staging / "int8")
+        if optimize:
+            optimize_onnx(staging, optimize)
+            if quantize:
+                optimize_onnx(staging / "int8", optimize)
+        move_into_place(staging, target, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+

@@ -62,8 +62,12 @@ def _session(path: Path, provider: str, provider_options: Optional[dict]):
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}.")
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     options = [provider_options or {}] + [{}] * (len(providers) - 1)
+    session_options = ort.SessionOptions()
+    # torch runs between the graphs (generate()'s logits processing, the cache): ONNX Runtime's threads spinning
+    # after each run would keep torch's from the cores (measured: benchmarks/onnx_latency.py, batch 8)
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), providers=providers, provider_options=options)
+        return ort.InferenceSession(str(path), session_options, providers=providers, provider_options=options)
     except Exception as error:
         check_onnx_file(path, error)
         raise

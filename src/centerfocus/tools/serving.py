@@ -22,6 +22,8 @@ import io
 import os
 from typing import Optional
 
+from .cli import add_server_arguments
+
 
 class _ImageRejected(Exception):
     def __init__(self, status: int, message: str):
@@ -135,9 +137,7 @@ def app_builder(args: dict):
 def serve_main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="centerfocus serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A saved CenterFocus captioner folder.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
-    parser.add_argument("--port", type=int, default=8000)
+    add_server_arguments(parser, port=8000)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max_batch_size", type=int, default=32)
     parser.add_argument("--batch_wait_ms", type=float, default=10.0)
