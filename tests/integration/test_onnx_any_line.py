@@ -72,6 +72,20 @@ def test_onnx_runtime_generate_matches_pytorch(tiny_model, exports, inputs, vari
     assert len({tuple(r.tolist()) for r in expected}) > 1  # varied captions: not a comparison of constants
 
 
+def test_an_export_without_the_cache_graph_decodes_the_whole_prefix(saved_folder, tiny_model, inputs, tmp_path):
+    """`--task image-to-text` writes no decoder-with-past graph: the runner gives the decoder the whole prefix at
+    every step, with the same tokens."""
+    folder = onnx_export.export_onnx_torch(str(saved_folder), str(tmp_path / "onnx"), task="image-to-text")
+    assert not (folder / "decoder_with_past_model.onnx").exists()
+    batch = inputs["image"]
+    runner = load_onnx_model(str(folder))
+    for mode in ({}, {"num_beams": 3}):
+        assert torch.equal(runner.generate(**batch, max_new_tokens=6, **mode),
+                           tiny_model.generate(**batch, max_new_tokens=6, **mode))
+    with pytest.raises(ValueError, match="use_cache=False"):
+        runner.generate(**batch, max_new_tokens=6, use_cache=True)
+
+
 @pytest.mark.parametrize("variant", ["image", "prompt"])
 def test_fp32_scores_agree_within_1e4(tokenizer, tiny_processor, inputs, tmp_path, variant):
     """Absolute 1e-4 on a default-initialised model (logits of order 1), at the first step and every cached step, as

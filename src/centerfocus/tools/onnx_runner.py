@@ -152,6 +152,8 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(folder)
+        if model.decoder_with_past_session is None:  # an `--task image-to-text` export: the whole prefix every step
+            model.generation_config.use_cache = model.config.use_cache = False
         return model.eval()
 
     @property
@@ -178,6 +180,9 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
                 encoder_outputs = CenterFocusEncoderOutput(*encoder_outputs)
             attention_mask = encoder_attention_mask(encoder_outputs, attention_mask, self.config.num_image_tokens)
         cache = cache if cache is not None else past_key_values
+        if use_cache and self.decoder_with_past_session is None:
+            raise ValueError("This export has no decoder_with_past_model.onnx (exported with --task image-to-text): "
+                             "generate with use_cache=False, its default, or export with the cache graph.")
         layers = self.config.decoder_layers
         inputs = {"encoder_hidden_states": encoder_outputs.last_hidden_state}
         if "encoder_attention_mask" in self.decoder_inputs:
