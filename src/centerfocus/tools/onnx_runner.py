@@ -33,7 +33,7 @@ from ..modeling_centerfocus import (
 from .onnx_folder import check_exportable_decoder, check_onnx_file, check_onnx_folder
 
 
-PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")  # each falls back leftwards
 
 
 def past_names(num_layers: int, prefix: str = "past_key_values", sides=("decoder", "encoder")) -> list[str]:
@@ -60,7 +60,7 @@ def _session(path: Path, provider: str, provider_options: Optional[dict]):
 
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}.")
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    providers = list(PROVIDERS[PROVIDERS.index(provider)::-1])  # TensorRT, then CUDA, then the CPU for what is left
     options = [provider_options or {}] + [{}] * (len(providers) - 1)
     session_options = ort.SessionOptions()
     # torch runs between the graphs (generate()'s logits processing, the cache): ONNX Runtime's threads spinning
@@ -135,7 +135,7 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
     def from_onnx_folder(cls, folder: str, provider: str = "CPUExecutionProvider",
                          provider_options: Optional[dict] = None) -> "CenterFocusOnnxForConditionalGeneration":
         """Sessions for `folder`'s encoder, decoder and (when exported) decoder-with-past graphs on `provider`
-        (CUDA and TensorRT fall back to the CPU for operators they lack)."""
+        (TensorRT falls back to CUDA, CUDA to the CPU, for operators they lack)."""
         check_onnx_folder(folder)
         path = Path(folder)
         config = CenterFocusConfig.from_pretrained(folder)
