@@ -71,12 +71,12 @@ def pytest_collection_modifyitems(config, items):
     skip_ray = pytest.mark.skip(reason=("starts a local Ray instance (a minute or two): run with `-m ray`, as CI's ray "
                                         "step does") if has_ray else "needs the ray extra: `pip install -e '.[ray]'`, "
                                         "then `python -m pytest -m ray`, which CI runs")
-    for item in items:
-        if "ray" in item.keywords and not (ray_selected and has_ray):
+    for item in items:  # by marker: `item.keywords` also holds parameter ids (the "export" command's test)
+        if item.get_closest_marker("ray") and not (ray_selected and has_ray):
             item.add_marker(skip_ray)
-        if "export" in item.keywords and not HAS_OPTIMUM_ONNX:
+        if item.get_closest_marker("export") and not HAS_OPTIMUM_ONNX:
             item.add_marker(skip_export)
-        if "slow" in item.keywords and os.environ.get("RUN_SLOW") != "1":
+        if item.get_closest_marker("slow") and os.environ.get("RUN_SLOW") != "1":
             item.add_marker(skip_slow)
 
 
