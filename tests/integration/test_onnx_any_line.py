@@ -148,6 +148,17 @@ def test_caption_onnx_prints_the_pytorch_captions(exports, saved_folder, tiny_mo
     assert printed == [caption.strip() for caption in expected]
 
 
+def test_the_image_text_to_text_pipeline_captions_with_the_runner(exports, tiny_model, tiny_processor, images):
+    from transformers import pipeline
+
+    from ..conftest import pipeline_captions
+
+    expected = [c.strip() for c in tiny_processor.batch_decode(tiny_model.generate(**tiny_processor(images=images)),
+                                                               skip_special_tokens=True)]
+    captioner = pipeline("image-text-to-text", model=load_onnx_model(str(exports["image"])), processor=tiny_processor)
+    assert [c.strip() for c in pipeline_captions(captioner, images, batch_size=2)] == expected
+
+
 def test_bad_folders_and_models_are_refused_with_their_name(exports, saved_folder, tmp_path, tokenizer,
                                                             tiny_processor):
     with pytest.raises(ValueError, match=r"no encoder_model\.onnx"):

@@ -94,6 +94,8 @@ class CenterFocusOnnxEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: Optional[torch.LongTensor] = None,
                 attention_mask: Optional[torch.LongTensor] = None, **kwargs) -> CenterFocusEncoderOutput:
+        if input_ids is not None and input_ids.shape[1] == 0:  # an empty prompt (`text=""`, as pipelines pass)
+            input_ids = attention_mask = None
         if self.uses_prompt and input_ids is None:
             raise ValueError("This ONNX export was made with --variant prompt: pass a prompt (input_ids), or export "
                              "with --variant image to caption without one.")
