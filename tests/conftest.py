@@ -20,6 +20,7 @@ from centerfocus import (
     CenterFocusProcessor,
 )
 from centerfocus._compat import TRANSFORMERS_5
+from centerfocus.tools.onnx_folder import has_optimum_onnx
 from centerfocus.tools.tokenizer import train_caption_tokenizer
 
 
@@ -51,14 +52,7 @@ def pipeline_captions(captioner, images, prompt: str = "", **kwargs) -> list:
     return [item[0]["generated_text"] if isinstance(item, list) else item["generated_text"] for item in outputs]
 
 
-def _has_optimum_onnx() -> bool:
-    try:
-        return importlib.util.find_spec("optimum.onnxruntime") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-HAS_OPTIMUM_ONNX = _has_optimum_onnx()
+HAS_OPTIMUM_ONNX = has_optimum_onnx()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -191,22 +191,21 @@ class CenterFocusOnnxForConditionalGeneration(CenterFocusForConditionalGeneratio
             if attention_mask is None:
                 attention_mask = torch.ones(encoder_outputs.last_hidden_state.shape[:2], dtype=torch.long)
             inputs["encoder_attention_mask"] = attention_mask.long()
-        past = cache.get_seq_length() if cache is not None else 0
-        if past and self.decoder_with_past_session is not None and use_cache is not False:
+        cached = use_cache is not False and self.decoder_with_past_session is not None
+        if cached and cache is not None and cache.get_seq_length() > 0:
+            self_layers, cross_layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
+            cross = [(layer.keys, layer.values) for layer in cross_layers]
             for i in range(layers):
-                inputs[f"past_key_values.{i}.decoder.key"] = cache.self_attention_cache.layers[i].keys
-                inputs[f"past_key_values.{i}.decoder.value"] = cache.self_attention_cache.layers[i].values
-                inputs[f"past_key_values.{i}.encoder.key"] = cache.cross_attention_cache.layers[i].keys
-                inputs[f"past_key_values.{i}.encoder.value"] = cache.cross_attention_cache.layers[i].values
+                inputs[f"past_key_values.{i}.decoder.key"] = self_layers[i].keys
+                inputs[f"past_key_values.{i}.decoder.value"] = self_layers[i].values
+                inputs[f"past_key_values.{i}.encoder.key"], inputs[f"past_key_values.{i}.encoder.value"] = cross[i]
             outputs = _run(self.decoder_with_past_session, {**inputs, "input_ids": decoder_input_ids[:, -1:]})
-            cross = [(inputs[f"past_key_values.{i}.encoder.key"], inputs[f"past_key_values.{i}.encoder.value"])
-                     for i in range(layers)]
         else:  # the first step, or decoding without a cache (the whole prefix every step)
             outputs = _run(self.decoder_session, {**inputs, "input_ids": decoder_input_ids})
             cross = [(outputs[f"present.{i}.encoder.key"], outputs[f"present.{i}.encoder.value"])
                      for i in range(layers)]
         new_cache = None
-        if use_cache is not False and self.decoder_with_past_session is not None:
+        if cached:
             new_cache = cache_from_tensors(
                 [(outputs[f"present.{i}.decoder.key"], outputs[f"present.{i}.decoder.value"]) for i in range(layers)],
                 cross)
